@@ -1,0 +1,35 @@
+# The two commands: `make study` (set up + the main job) and `make test` (set up + the test suite).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+
+.PHONY: install test test-fast study bench clean
+
+$(STAMP): pyproject.toml constraints/cpu.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# constraints/cpu.txt pins torch==2.13.0 so pip takes the CPU wheel, not a multi-GB CUDA build.
+	set -o pipefail; $(BIN)/python -m pip install -q -c constraints/cpu.txt -e '.[dev,dashboard]' 2>&1 | { grep -v "is neither a file nor a directory" || true; }
+	$(BIN)/python -c "import torch, ray; print('torch', torch.__version__, '| ray', ray.__version__)"
+	touch $@
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+study: $(STAMP)
+	$(BIN)/gumbel-study run experiments/quick.toml --storage runs
+	$(BIN)/gumbel-study report runs/quick
+	@echo "study results: runs/quick   report: runs/quick/report/index.html"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,146 @@
+"""Gumbel noise, the Gumbel-max trick and the Gumbel-softmax relaxation.
+
+References:
+- Gumbel-max: argmax_k (logits_k + G_k), G_k ~ Gumbel(0, 1) i.i.d., is an exact sample of
+  Categorical(softmax(logits)).
+- Gumbel-softmax / Concrete: softmax((logits + G) / tau) (Jang et al. 2017, "Categorical
+  Reparameterization with Gumbel-Softmax"; Maddison et al. 2017, "The Concrete Distribution").
+- Conditional Gumbels given the argmax, for Gumbel-Rao (Paulus et al. 2021, "Rao-Blackwellizing
+  the Straight-Through Gumbel-Softmax Gradient Estimator").
+
+Every function follows the dtype and device of its inputs and draws all randomness from an
+optional `torch.Generator`, so a fixed generator gives the same numbers every time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_tau",
+    "conditional_gumbel",
+    "gumbel_max",
+    "gumbel_noise",
+    "gumbel_softmax",
+    "one_hot",
+    "straight_through",
+]
+
+
+def gumbel_noise(
+    shape: Sequence[int] | torch.Size,
+    *,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """I.i.d. standard Gumbel samples of `shape`, always finite.
+
+    G = -log(E) with E ~ Exp(1). `exponential_` can return exactly 0 at float resolution, so E is
+    clamped to the smallest normal number of the dtype instead of adding a magic epsilon.
+    """
+    tiny = torch.finfo(dtype).tiny
+    exp1 = torch.empty(tuple(shape), dtype=dtype, device=device).exponential_(generator=generator)  # ~Exp(1)
+    return -exp1.clamp_min_(tiny).log_()  # ~Gumbel(0, 1)
+
+
+def check_tau(tau: float | Tensor) -> None:
+    """Raise ValueError naming `tau` unless every entry is finite and > 0."""
+    if isinstance(tau, Tensor):
+        bad = ~(torch.isfinite(tau) & (tau > 0))
+        if bool(bad.any()):
+            raise ValueError(f"tau must be finite and > 0, got tau={tau[bad].flatten()[0].item()!r}")
+        return
+    try:
+        value = float(tau)
+    except (TypeError, ValueError):
+        raise ValueError(f"tau must be a finite number > 0, got tau={tau!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"tau must be finite and > 0, got tau={tau!r}")
+
+
+def one_hot(index: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """One-hot of `index` [...] as a float tensor [..., num_classes]."""
+    out = torch.zeros(*index.shape, num_classes, dtype=dtype, device=index.device)
+    return out.scatter_(-1, index.unsqueeze(-1), 1.0)
+
+
+def straight_through(forward: Tensor, surrogate: Tensor) -> Tensor:
+    """Value of `forward`, gradient of `surrogate` (the straight-through trick)."""
+    # forward - surrogate cancels in value but has no gradient, so d/dtheta = d surrogate/dtheta.
+    return forward - surrogate.detach() + surrogate
+
+
+def _noise_like(logits: Tensor, generator: torch.Generator | None, noise: Tensor | None) -> Tensor:
+    if noise is not None:
+        return noise
+    return gumbel_noise(logits.shape, generator=generator, dtype=logits.dtype, device=logits.device)
+
+
+def gumbel_max(
+    logits: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+) -> Tensor:
+    """Exact sample of Categorical(softmax(logits)) as argmax(logits + G) over the last dim."""
+    g = _noise_like(logits, generator, noise)  # ~Gumbel(0, 1), [..., K]
+    return (logits + g).argmax(dim=-1)  # [...]
+
+
+def gumbel_softmax(
+    logits: Tensor,
+    tau: float | Tensor,
+    *,
+    hard: bool = False,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+) -> Tensor:
+    """softmax((logits + G) / tau) over the last dim (Jang et al. 2017; Maddison et al. 2017).
+
+    With `hard=True` the forward value is the one-hot of argmax(logits + G), i.e. an exact
+    categorical sample, and the backward pass is that of the soft sample (straight-through).
+    `tau` is a float or a tensor broadcastable against `logits`; `noise` supplies G.
+    """
+    check_tau(tau)
+    g = _noise_like(logits, generator, noise)  # ~Gumbel(0, 1), [..., K]
+    perturbed = logits + g  # [..., K]
+    y_soft = torch.softmax(perturbed / tau, dim=-1)  # [..., K]
+    if not hard:
+        return y_soft
+    # argmax of the perturbed logits, not of y_soft: at tiny tau y_soft can tie at 1.0 in float32.
+    y_hard = one_hot(perturbed.argmax(dim=-1), logits.shape[-1], logits.dtype)  # [..., K]
+    return straight_through(y_hard, y_soft)
+
+
+def conditional_gumbel(
+    logits: Tensor,
+    index: Tensor,
+    *,
+    num_samples: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Gumbel noise G [num_samples, ..., K] distributed as G | argmax(logits + G) = index.
+
+    Uses the exponential-race construction of Paulus et al. (2021, App. C): with E_j ~ Exp(1)
+    and Z = sum_j exp(logits_j), the winner's perturbed logit is log Z - log E_i, and each loser's
+    is -log(E_j exp(-logits_j) + E_i / Z), computed in log space. The noise is a sample and
+    carries no gradient.
+    """
+    logits = logits.detach()
+    k = logits.shape[-1]
+    tiny = torch.finfo(logits.dtype).tiny
+    shape = (num_samples, *logits.shape)
+    exp1 = torch.empty(shape, dtype=logits.dtype, device=logits.device).exponential_(generator=generator)  # ~Exp(1)
+    log_e = exp1.clamp_min_(tiny).log_()  # [S, ..., K]
+    chosen = one_hot(index, k, torch.bool).expand(shape)  # [S, ..., K]
+    log_e_win = (log_e * chosen).sum(dim=-1, keepdim=True)  # [S, ..., 1]
+    log_z = torch.logsumexp(logits, dim=-1, keepdim=True)  # [..., 1]
+    winner = log_z - log_e_win  # [S, ..., 1]
+    losers = -torch.logaddexp(log_e - logits, log_e_win - log_z)  # [S, ..., K]
+    perturbed = torch.where(chosen, winner, losers)  # [S, ..., K]
+    return perturbed - logits  # ~Gumbel(0, 1) | argmax, [S, ..., K]

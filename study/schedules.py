@@ -1,0 +1,112 @@
+"""Temperature schedules: step -> tau.
+
+- constant:    tau(t) = tau0
+- exponential: tau(t) = max(tau_min, tau0 * exp(-rate * t))
+- stepwise:    tau(t) = max(tau_min, tau0 * exp(-rate * N * floor(t / N)))   (Jang et al. 2017,
+               who used N in {500, 1000}, rate in {1e-5, 1e-4}, tau_min = 0.5)
+- linear:      tau(t) = max(tau_min, tau0 - rate * t)
+
+A schedule is built once by `make_schedule` (or one of the named factories), validated there, then
+called as `schedule(step) -> float`. `tau_tensor` evaluates the same formula for per-replica
+tensors of tau0 and rate, which is how a population anneals R replicas in one op.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "SCHEDULES",
+    "Schedule",
+    "constant",
+    "exponential",
+    "linear",
+    "make_schedule",
+    "stepwise",
+    "tau_tensor",
+]
+
+SCHEDULES = ("constant", "exponential", "stepwise", "linear")
+
+
+def _finite_positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {name}={value!r}")
+
+
+def _finite_nonnegative(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {name}={value!r}")
+
+
+def validate(kind: str, tau0: float, rate: float, tau_min: float, interval: int) -> None:
+    """Raise ValueError naming the first bad field of a schedule."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; known: {', '.join(SCHEDULES)}")
+    _finite_positive("tau0", tau0)
+    if kind == "constant":
+        return
+    _finite_nonnegative("rate", rate)
+    _finite_positive("tau_min", tau_min)
+    if tau_min > tau0:
+        raise ValueError(f"tau_min must be <= tau0, got tau_min={tau_min!r} > tau0={tau0!r}")
+    if kind == "stepwise" and (isinstance(interval, bool) or not isinstance(interval, int) or interval < 1):
+        raise ValueError(f"interval must be an integer >= 1, got interval={interval!r}")
+
+
+def tau_tensor(kind: str, step: int, tau0: Tensor, rate: Tensor, tau_min: float, interval: int = 1) -> Tensor:
+    """The schedule formula at `step` for tensors of tau0 and rate (any matching shape)."""
+    if kind == "constant":
+        return tau0.clone()
+    if kind == "exponential":
+        tau = tau0 * torch.exp(-rate * float(step))
+    elif kind == "stepwise":
+        tau = tau0 * torch.exp(-rate * float(interval * (step // interval)))
+    elif kind == "linear":
+        tau = tau0 - rate * float(step)
+    else:
+        raise ValueError(f"unknown schedule {kind!r}; known: {', '.join(SCHEDULES)}")
+    return tau.clamp_min(tau_min)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    kind: str  # one of SCHEDULES
+    tau0: float  # temperature at step 0
+    rate: float = 0.0  # decay per step (exponential/stepwise: in the exponent; linear: tau per step)
+    tau_min: float = 0.5  # floor; ignored by constant
+    interval: int = 1  # stepwise: tau changes every `interval` steps
+
+    def __post_init__(self) -> None:
+        validate(self.kind, self.tau0, self.rate, self.tau_min, self.interval)
+
+    def __call__(self, step: int) -> float:
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be an integer >= 0, got step={step!r}")
+        one = torch.tensor(1.0, dtype=torch.float64)
+        tau = tau_tensor(self.kind, step, one * self.tau0, one * self.rate, self.tau_min, self.interval)
+        return float(tau)
+
+
+def make_schedule(kind: str, tau0: float, rate: float = 0.0, tau_min: float = 0.5, interval: int = 1) -> Schedule:
+    return Schedule(kind, tau0, rate, tau_min, interval)
+
+
+def constant(tau0: float) -> Schedule:
+    return Schedule("constant", tau0)
+
+
+def exponential(tau0: float, rate: float, tau_min: float = 0.5) -> Schedule:
+    return Schedule("exponential", tau0, rate, tau_min)
+
+
+def stepwise(tau0: float, rate: float, interval: int, tau_min: float = 0.5) -> Schedule:
+    return Schedule("stepwise", tau0, rate, tau_min, interval)
+
+
+def linear(tau0: float, rate: float, tau_min: float = 0.5) -> Schedule:
+    return Schedule("linear", tau0, rate, tau_min)
