@@ -155,7 +155,9 @@ _USES_TAU = {"soft", "hard", "gumbel_rao"}
 def _chunk_size(name: str, logits: Tensor, num_estimates: int, samples_per_estimate: int, options: dict) -> int:
     per_estimate = samples_per_estimate * logits.numel()
     if name == "gumbel_rao":
-        per_estimate *= int(options.get("k", 10))
+        k = options.get("k", 10)
+        # A bad k must reach the estimator's own check (ValueError naming it), not fail here.
+        per_estimate *= k if isinstance(k, int) and not isinstance(k, bool) and k >= 1 else 1
     return max(1, min(num_estimates, _CHUNK_ELEMENTS // max(1, per_estimate)))
 
 

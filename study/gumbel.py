@@ -23,6 +23,7 @@ from torch import Tensor
 __all__ = [
     "check_tau",
     "conditional_gumbel",
+    "gumbel_from_exponential",
     "gumbel_max",
     "gumbel_noise",
     "gumbel_softmax",
@@ -46,6 +47,11 @@ def gumbel_noise(
     tiny = torch.finfo(dtype).tiny
     exp1 = torch.empty(tuple(shape), dtype=dtype, device=device).exponential_(generator=generator)  # ~Exp(1)
     return -exp1.clamp_min_(tiny).log_()  # ~Gumbel(0, 1)
+
+
+def gumbel_from_exponential(exp1: Tensor) -> Tensor:
+    """Map Exp(1) samples to standard Gumbel samples: G = -log(E), E clamped away from 0."""
+    return -exp1.clamp_min(torch.finfo(exp1.dtype).tiny).log()  # ~Gumbel(0, 1)
 
 
 def check_tau(tau: float | Tensor) -> None:
@@ -123,20 +129,23 @@ def conditional_gumbel(
     *,
     num_samples: int,
     generator: torch.Generator | None = None,
+    exponentials: Tensor | None = None,
 ) -> Tensor:
     """Gumbel noise G [num_samples, ..., K] distributed as G | argmax(logits + G) = index.
 
     Uses the exponential-race construction of Paulus et al. (2021, App. C): with E_j ~ Exp(1)
     and Z = sum_j exp(logits_j), the winner's perturbed logit is log Z - log E_i, and each loser's
     is -log(E_j exp(-logits_j) + E_i / Z), computed in log space. The noise is a sample and
-    carries no gradient.
+    carries no gradient. `exponentials` [num_samples, ..., K] ~ Exp(1) may be supplied instead of
+    drawing them from `generator`.
     """
     logits = logits.detach()
     k = logits.shape[-1]
     tiny = torch.finfo(logits.dtype).tiny
     shape = (num_samples, *logits.shape)
-    exp1 = torch.empty(shape, dtype=logits.dtype, device=logits.device).exponential_(generator=generator)  # ~Exp(1)
-    log_e = exp1.clamp_min_(tiny).log_()  # [S, ..., K]
+    if exponentials is None:
+        exponentials = torch.empty(shape, dtype=logits.dtype, device=logits.device).exponential_(generator=generator)  # ~Exp(1)
+    log_e = exponentials.clamp_min(tiny).log()  # [S, ..., K]
     chosen = one_hot(index, k, torch.bool).expand(shape)  # [S, ..., K]
     log_e_win = (log_e * chosen).sum(dim=-1, keepdim=True)  # [S, ..., 1]
     log_z = torch.logsumexp(logits, dim=-1, keepdim=True)  # [..., 1]

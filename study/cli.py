@@ -1,0 +1,160 @@
+"""gumbel-study: train | check | run | report.
+
+    gumbel-study train CONFIG.toml [--out DIR] [--seeds N] [--steps N] [--set KEY=VALUE ...]
+    gumbel-study check SPEC [--set KEY=VALUE ...]
+    gumbel-study run SPEC [--storage PATH|URI] [--address ADDR] [--resume] [--max-concurrent N]
+                          [--name NAME] [--set KEY=VALUE ...]
+    gumbel-study report RUN_DIR [--out DIR]
+
+Bad input exits with code 2 and one line naming the key and the value; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from study.config import ConfigError, StudySpec, load_spec, parse_overrides
+
+EXIT_BAD_INPUT = 2
+
+
+def _fail(message: str) -> int:
+    print(f"gumbel-study: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _load(args: argparse.Namespace, extra: dict | None = None) -> StudySpec:
+    overrides = parse_overrides(args.set or [])
+    overrides.update(extra or {})
+    return load_spec(args.spec, overrides)
+
+
+def _format_grid(spec: StudySpec) -> str:
+    lines = [f"study {spec.name!r} from {spec.source}"]
+    lines.append(f"  trials:        {spec.num_trials}")
+    lines.append(f"  seeds/trial:   {spec.seeds} (packed as replicas)")
+    lines.append(f"  replicas:      {spec.num_trials * spec.seeds}")
+    lines.append(f"  replica-steps: {spec.replica_steps():,} (discriminator + generator steps x seeds)")
+    lines.append(f"  per trial:     {spec.resources.cpus:g} CPU, {spec.resources.gpus:g} GPU")
+    if spec.grid:
+        lines.append("  grid:")
+        for axis, values in spec.grid.items():
+            lines.append(f"    {axis:<14} {', '.join(map(str, values))}")
+    fixed = spec.fixed.to_dict()
+    shown = {k: v for k, v in fixed.items() if k not in spec.grid}
+    lines.append("  fixed: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    return "\n".join(lines)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    spec = _load(args)
+    print(_format_grid(spec))
+    print("valid")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    extra = {}
+    if args.steps is not None:
+        extra["steps"] = args.steps
+    if args.seeds is not None:
+        extra["seeds"] = args.seeds
+    spec = _load(args, extra)
+    config = spec.single_trial()
+    out = Path(args.out) if args.out else Path("runs") / f"{spec.name}-train"
+    from study.train import run_local
+
+    print(f"training {spec.name!r}: {spec.seeds} seeds x {config.steps} steps -> {out}", file=sys.stderr)
+    summary = run_local(config, spec.seeds, out, progress=not args.no_progress and sys.stderr.isatty() or args.progress)
+    for row in summary["seeds"]:
+        print(f"seed {row['seed']}: tv={row['fit/tv']:.4f} js={row['fit/js']:.4f} kl={row['fit/kl']:.4f} probs={[round(p, 3) for p in row['fit/probs']]}")
+    tvs = sorted(row["fit/tv"] for row in summary["seeds"])
+    if tvs:
+        print(f"final tv: median {tvs[len(tvs) // 2] if len(tvs) % 2 else 0.5 * (tvs[len(tvs) // 2 - 1] + tvs[len(tvs) // 2]):.4f}, max {tvs[-1]:.4f} over {len(tvs)} seeds")
+    print(f"wrote {out / 'summary.json'} and {out / 'metrics.jsonl'} ({summary['wall_s']:.1f} s)")
+    if summary["error"]:
+        print(f"gumbel-study: trial failed: {summary['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    extra = {}
+    if args.name:
+        extra["name"] = args.name
+    if args.max_concurrent is not None:
+        extra["tune.max_concurrent"] = args.max_concurrent
+    spec = _load(args, extra)
+    from study import sweep
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    return sweep.run_study(spec, storage=args.storage, address=address, resume=args.resume)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir() and "://" not in args.run_dir:
+        raise ConfigError("RUN_DIR", args.run_dir, "no such directory")
+    from analysis.report import write_report
+
+    out = write_report(args.run_dir, args.out)
+    print(f"report: {out / 'index.html'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gumbel-study", description="Study the Gumbel-max and Gumbel-softmax tricks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_set(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable); pins a grid axis")
+
+    p = sub.add_parser("train", help="run one trial locally, without Ray")
+    p.add_argument("spec", metavar="CONFIG.toml")
+    p.add_argument("--out", metavar="DIR", help="output directory (default runs/NAME-train)")
+    p.add_argument("--seeds", type=int, help="number of seeds (replicas)")
+    p.add_argument("--steps", type=int, help="discriminator steps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
+    add_set(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("check", help="validate a study spec and print the expanded grid (no Ray)")
+    p.add_argument("spec", metavar="SPEC")
+    add_set(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("run", help="run a study with Ray Tune (embedded, or a cluster with --address)")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--storage", default="runs", metavar="PATH|URI", help="results root: a path or s3:// gs:// URI (default runs)")
+    p.add_argument("--address", metavar="ADDR", help="join this Ray cluster (default: RAY_ADDRESS, else embedded Ray)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study (Tuner.restore)")
+    p.add_argument("--max-concurrent", type=int, metavar="N", help="at most N trials at once")
+    p.add_argument("--name", metavar="NAME", help="experiment name (default: the spec's name)")
+    add_set(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="figures, tables and index.html from an experiment directory")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="DIR", help="output directory (default RUN_DIR/report)")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        return _fail(str(err))
+    except KeyboardInterrupt:
+        print("gumbel-study: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,430 @@
+"""Typed trial configuration and study specs: loading, validation, `--set` overrides, grid expansion.
+
+A study spec is TOML, parsed as data only (`tomllib`; no eval, no pickle):
+
+    name = "quick"            # experiment name (directory under the storage path)
+    seeds = 8                 # replicas packed into every trial
+    [fixed]                   # TrialConfig fields every trial shares
+    categories = 10
+    [grid]                    # TrialConfig fields, each a list; the Cartesian product gives the trials
+    tau0 = [0.5, 1.0]
+    [resources]               # per trial
+    cpus = 1
+    gpus = 0.0
+    [tune]                    # how Ray Tune runs the study
+    checkpoint_every = 2      # evaluations between checkpoints
+    max_failures = 2          # retries of a trial from its last checkpoint
+    max_concurrent = 0        # 0: as many as resources allow
+
+A spec with no grid is a trial config: `gumbel-study train` runs it. Every error is a ConfigError
+that names the key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from study.estimators import ESTIMATORS
+from study.schedules import SCHEDULES, Schedule
+from study.targets import TargetError, parse_target
+
+__all__ = [
+    "ConfigError",
+    "ResourceSpec",
+    "StudySpec",
+    "TrialConfig",
+    "TuneSpec",
+    "apply_overrides",
+    "load_spec",
+    "parse_overrides",
+]
+
+RELAXATIONS = ("soft", "hard", "gumbel_rao", "reinforce")
+GENERATORS = ("logits", "mlp")
+DISCRIMINATORS = ("logistic", "mlp")
+LOGIT_INITS = ("ones", "zeros", "normal")
+DTYPES = ("float32", "float64")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value. `str()` is one line naming the key and the value."""
+
+    def __init__(self, key: str, value: Any, reason: str):
+        self.key, self.value, self.reason = key, value, reason
+        super().__init__(f"{key}={value!r}: {reason}")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One trial: a target, a GAN, a relaxation and its temperature schedule, trained for each seed."""
+
+    # --- data
+    target: str = "blog"  # target spec string (see study.targets)
+    categories: int = 5  # K, the number of categories
+    # --- generator
+    generator: str = "logits"  # "logits" (free logits, the original toy) or "mlp" (noise -> logits)
+    logit_init: str = "ones"  # free-logits init: "ones" (the toy), "zeros", "normal"
+    gen_noise_dim: int = 8  # mlp generator: noise dimension
+    gen_hidden: int = 32  # mlp generator: hidden width
+    # --- discriminator
+    discriminator: str = "logistic"  # "logistic" (the toy) or "mlp"
+    disc_width: int = 64  # mlp discriminator: hidden width
+    disc_depth: int = 2  # mlp discriminator: hidden layers
+    # --- relaxation and temperature
+    relaxation: str = "soft"  # training estimator: soft, hard (straight-through), gumbel_rao, reinforce
+    gumbel_rao_k: int = 10  # conditional samples for gumbel_rao
+    schedule: str = "constant"  # constant, exponential, stepwise, linear
+    tau0: float = 1.0  # starting temperature
+    anneal_rate: float = 0.0  # schedule rate (per discriminator step)
+    tau_min: float = 0.1  # temperature floor of annealing schedules
+    anneal_interval: int = 1000  # stepwise: steps between updates (Jang et al.: 500 or 1000)
+    # --- optimisation
+    steps: int = 2000  # discriminator steps
+    g_steps: int = 1  # generator steps per discriminator step
+    batch_size: int = 64  # samples per step, real and fake
+    lr_g: float = 1e-3  # Adam learning rate, generator
+    lr_d: float = 1e-3  # Adam learning rate, discriminator
+    label_smoothing: float = 0.0  # real one-hots become (1 - eps) e_k + eps / K
+    # --- evaluation
+    eval_every: int = 200  # discriminator steps between evaluations (and one at the end)
+    probe_estimators: tuple[str, ...] = ("soft", "hard", "gumbel_rao", "reinforce")  # probed each eval
+    probe_estimates: int = 1000  # independent estimates per probe (batched)
+    probe_samples: int = 1  # samples per estimate
+    probe_points: int = 4  # mlp generator: noise draws at which logits are probed
+    probe_taus: tuple[float, ...] = ()  # optional ladder of temperatures probed besides the current one
+    eval_samples: int = 2000  # samples for sample/* metrics (and the mlp generator's probabilities)
+    # --- run
+    seed: int = 0  # first seed; replicas use seed, seed + 1, ...
+    dtype: str = "float32"  # float32 or float64
+    device: str = "auto"  # auto (the GPU Ray gives the trial, else CPU), cpu, cuda
+
+    def schedule_for(self, tau0: float | None = None, rate: float | None = None) -> Schedule:
+        return Schedule(
+            self.schedule,
+            self.tau0 if tau0 is None else tau0,
+            self.anneal_rate if rate is None else rate,
+            self.tau_min,
+            self.anneal_interval,
+        )
+
+    @property
+    def evaluation_steps(self) -> list[int]:
+        """Steps at which the trial evaluates: 0, every eval_every, and the last step."""
+        points = list(range(0, self.steps, self.eval_every)) + [self.steps]
+        return sorted(set(points))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    cpus: float = 1.0  # CPUs per trial; torch uses this many threads
+    gpus: float = 0.0  # fraction of a GPU per trial, 0 to 1
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    checkpoint_every: int = 2  # evaluations between checkpoints (and always at the end)
+    max_failures: int = 2  # retries of a failed trial, from its last checkpoint
+    max_concurrent: int = 0  # concurrent trials; 0: as many as resources allow
+    metric: str = "fit/tv"  # what "best" means in summaries
+    mode: str = "min"
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    seeds: int  # replicas per trial
+    fixed: TrialConfig  # shared values (grid axes hold their first value here)
+    grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    resources: ResourceSpec = ResourceSpec()
+    tune: TuneSpec = TuneSpec()
+    source: str = ""  # the file it came from
+
+    @property
+    def trials(self) -> list[TrialConfig]:
+        """The expanded grid, in a stable order (the last axis varies fastest)."""
+        axes = list(self.grid)
+        return [dataclasses.replace(self.fixed, **dict(zip(axes, values))) for values in itertools.product(*self.grid.values())]
+
+    @property
+    def num_trials(self) -> int:
+        return math.prod(len(v) for v in self.grid.values()) if self.grid else 1
+
+    def replica_steps(self) -> int:
+        return sum(t.steps * (1 + t.g_steps) for t in self.trials) * self.seeds
+
+    def single_trial(self) -> TrialConfig:
+        """The trial config of a spec whose grid axes are all pinned; ConfigError names the others."""
+        unpinned = [k for k, v in self.grid.items() if len(v) > 1]
+        if unpinned:
+            raise ConfigError(
+                "grid", unpinned, "train runs one trial: pin each grid axis with --set " + " ".join(f"{k}=..." for k in unpinned)
+            )
+        return self.trials[0]
+
+
+# ---------------------------------------------------------------- typing and coercion
+
+_TRIAL_FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
+_TRIAL_TYPES = typing.get_type_hints(TrialConfig)
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    """Convert a TOML value to the declared type, or raise ConfigError naming the key."""
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        (item,) = {a for a in typing.get_args(kind) if a is not Ellipsis}
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, value, f"expected a list of {item.__name__}")
+        return tuple(_coerce(key, v, item) for v in value)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, value, "expected true or false")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(key, value, "expected an integer")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, value, "expected a number")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, value, "expected a string")
+        return value
+    raise TypeError(f"unsupported config type {kind} for {key}")
+
+
+def _coerce_dataclass(cls: type, table: Any, section: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(section, table, "expected a table")
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in table.items():
+        if key not in hints:
+            raise ConfigError(f"{section}.{key}", value, f"unknown key; known: {', '.join(hints)}")
+        out[key] = _coerce(f"{section}.{key}", value, hints[key])
+    return out
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _check(cond: bool, key: str, value: Any, reason: str) -> None:
+    if not cond:
+        raise ConfigError(key, value, reason)
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+def validate_trial(cfg: TrialConfig, *, prefix: str = "", base_dir: Path | None = None) -> None:
+    """Range checks of every field; ConfigError names the first bad one."""
+    p = prefix
+
+    def positive_int(name: str, minimum: int = 1) -> None:
+        v = getattr(cfg, name)
+        _check(v >= minimum, p + name, v, f"must be >= {minimum}")
+
+    def choice(name: str, options: tuple[str, ...]) -> None:
+        v = getattr(cfg, name)
+        _check(v in options, p + name, v, f"must be one of {', '.join(options)}")
+
+    def positive_float(name: str, allow_zero: bool = False) -> None:
+        v = getattr(cfg, name)
+        ok = _finite(v) and (v >= 0 if allow_zero else v > 0)
+        _check(ok, p + name, v, "must be a finite number " + (">= 0" if allow_zero else "> 0"))
+
+    positive_int("categories", 2)
+    choice("generator", GENERATORS)
+    choice("logit_init", LOGIT_INITS)
+    positive_int("gen_noise_dim")
+    positive_int("gen_hidden")
+    choice("discriminator", DISCRIMINATORS)
+    positive_int("disc_width")
+    positive_int("disc_depth")
+    choice("relaxation", RELAXATIONS)
+    positive_int("gumbel_rao_k")
+    choice("schedule", SCHEDULES)
+    positive_float("tau0")
+    positive_float("anneal_rate", allow_zero=True)
+    positive_float("tau_min")
+    positive_int("anneal_interval")
+    positive_int("steps")
+    positive_int("g_steps")
+    positive_int("batch_size", 2 if cfg.relaxation == "reinforce" else 1)
+    positive_float("lr_g")
+    positive_float("lr_d")
+    _check(_finite(cfg.label_smoothing) and 0 <= cfg.label_smoothing < 1, p + "label_smoothing", cfg.label_smoothing, "must be in [0, 1)")
+    positive_int("eval_every")
+    for name in cfg.probe_estimators:
+        _check(name in ESTIMATORS and name != "exact", p + "probe_estimators", name, f"unknown estimator; known: {', '.join(RELAXATIONS)}")
+    positive_int("probe_estimates", 2)
+    positive_int("probe_samples")
+    positive_int("probe_points")
+    for tau in cfg.probe_taus:
+        _check(_finite(tau) and tau > 0, p + "probe_taus", tau, "each must be a finite number > 0")
+    positive_int("eval_samples", 2)
+    positive_int("seed", 0)
+    choice("dtype", DTYPES)
+    choice("device", DEVICES)
+    if cfg.schedule != "constant":
+        _check(cfg.tau_min <= cfg.tau0, p + "tau_min", cfg.tau_min, f"must be <= tau0={cfg.tau0!r} for an annealing schedule")
+    _check_target(cfg.target, cfg.categories, base_dir, p + "target")
+
+
+@functools.lru_cache(maxsize=256)
+def _check_target(target: str, categories: int, base_dir: Path | None, key: str) -> None:
+    try:
+        parse_target(target, categories, base_dir=base_dir)
+    except TargetError as err:
+        raise ConfigError(key, target, str(err)) from None
+
+
+def _validate_spec(spec: StudySpec, base_dir: Path | None) -> None:
+    _check(isinstance(spec.name, str) and spec.name.strip() != "" and "/" not in spec.name, "name", spec.name, "must be a non-empty name without '/'")
+    _check(spec.seeds >= 1, "seeds", spec.seeds, "must be >= 1")
+    r = spec.resources
+    _check(_finite(r.cpus) and r.cpus > 0, "resources.cpus", r.cpus, "must be > 0")
+    _check(_finite(r.gpus) and 0 <= r.gpus <= 1, "resources.gpus", r.gpus, "must be a fraction in [0, 1]")
+    t = spec.tune
+    _check(t.checkpoint_every >= 1, "tune.checkpoint_every", t.checkpoint_every, "must be >= 1")
+    _check(t.max_failures >= 0, "tune.max_failures", t.max_failures, "must be >= 0")
+    _check(t.max_concurrent >= 0, "tune.max_concurrent", t.max_concurrent, "must be >= 0")
+    _check(t.mode in ("min", "max"), "tune.mode", t.mode, "must be min or max")
+    for axis, values in spec.grid.items():
+        _check(len(values) >= 1, f"grid.{axis}", list(values), "must list at least one value")
+        _check(len(set(map(repr, values))) == len(values), f"grid.{axis}", list(values), "lists a value twice")
+    for trial in spec.trials:  # every combination: e.g. a target may not fit every K
+        validate_trial(trial, base_dir=base_dir)
+
+
+# ---------------------------------------------------------------- loading
+
+
+_TOP_KEYS = {"name", "seeds", "fixed", "grid", "resources", "tune"}
+
+
+def spec_from_dict(data: dict[str, Any], *, source: str = "", base_dir: Path | None = None) -> StudySpec:
+    """Build and validate a StudySpec from parsed TOML."""
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise ConfigError(key, data[key], f"unknown key; known: {', '.join(sorted(_TOP_KEYS))}")
+    name = data.get("name", Path(source).stem if source else "study")
+    _check(isinstance(name, str), "name", name, "expected a string")
+    seeds = _coerce("seeds", data.get("seeds", 1), int)
+    fixed_values = _coerce_dataclass(TrialConfig, data.get("fixed", {}), "fixed")
+    grid_table = data.get("grid", {})
+    if not isinstance(grid_table, dict):
+        raise ConfigError("grid", grid_table, "expected a table of lists")
+    grid: dict[str, tuple[Any, ...]] = {}
+    for axis, values in grid_table.items():
+        if axis not in _TRIAL_TYPES:
+            raise ConfigError(f"grid.{axis}", values, f"unknown key; known: {', '.join(_TRIAL_TYPES)}")
+        if axis in fixed_values:
+            raise ConfigError(f"grid.{axis}", values, "is also set in [fixed]; set it in one place")
+        if not isinstance(values, list):
+            raise ConfigError(f"grid.{axis}", values, "expected a list of values")
+        grid[axis] = tuple(_coerce(f"grid.{axis}", v, _TRIAL_TYPES[axis]) for v in values)
+    resources = ResourceSpec(**_coerce_dataclass(ResourceSpec, data.get("resources", {}), "resources"))
+    tune = TuneSpec(**_coerce_dataclass(TuneSpec, data.get("tune", {}), "tune"))
+    first = {axis: values[0] for axis, values in grid.items() if values}
+    fixed = TrialConfig(**fixed_values, **first)
+    spec = StudySpec(name=name, seeds=seeds, fixed=fixed, grid=grid, resources=resources, tune=tune, source=source)
+    _validate_spec(spec, base_dir)
+    return spec
+
+
+def _absolute_stream(target: Any, base_dir: Path) -> Any:
+    """A stream path is relative to where it was written (the spec's folder, or the shell's for
+    `--set`); make it absolute so that trials find it from any working directory."""
+    if isinstance(target, str) and target.strip().startswith("stream:"):
+        path = Path(target.strip()[len("stream:") :].strip()).expanduser()
+        return "stream:" + str(path if path.is_absolute() else (base_dir / path).resolve())
+    return target
+
+
+def _absolute_streams(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    if isinstance(data.get("fixed"), dict) and "target" in data["fixed"]:
+        data["fixed"]["target"] = _absolute_stream(data["fixed"]["target"], base_dir)
+    if isinstance(data.get("grid"), dict) and isinstance(data["grid"].get("target"), list):
+        data["grid"]["target"] = [_absolute_stream(t, base_dir) for t in data["grid"]["target"]]
+    return data
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> StudySpec:
+    """Read a TOML spec, apply `--set` overrides, validate. Raises ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError("spec", str(path), "no such file") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
+        raise ConfigError("spec", str(path), f"cannot read: {err.__class__.__name__}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError("spec", str(path), f"TOML syntax error: {err}") from None
+    data = _absolute_streams(data, path.parent.resolve())
+    overrides = {k: _absolute_stream(v, Path.cwd()) if k in ("target", "fixed.target") else v for k, v in (overrides or {}).items()}
+    data = apply_overrides(data, overrides)
+    return spec_from_dict(data, source=str(path))
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings -> dict. VALUE is read as a TOML value when it is one, else as a string."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError("--set", item, "expected KEY=VALUE")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        out[key] = value
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Apply `--set` values to parsed TOML. A trial key pins a grid axis (or sets [fixed]);
+    `seeds` / `name` set the top level; `resources.X` / `tune.X` their tables."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for key, value in overrides.items():
+        if key in ("seeds", "name"):
+            data[key] = value
+        elif "." in key:
+            section, sub = key.split(".", 1)
+            if section not in ("resources", "tune", "fixed", "grid"):
+                raise ConfigError(key, value, "unknown key; use a trial field, seeds, name, resources.X or tune.X")
+            if section in ("fixed", "grid"):
+                return apply_overrides(data, {sub: value})
+            data.setdefault(section, {})[sub] = value
+        elif key in _TRIAL_TYPES:
+            grid = data.setdefault("grid", {})
+            if key in grid:
+                del grid[key]  # pinned: the axis becomes a fixed value
+            data.setdefault("fixed", {})[key] = value
+        else:
+            raise ConfigError(key, value, f"unknown key; known trial fields: {', '.join(_TRIAL_TYPES)}")
+    return data

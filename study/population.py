@@ -1,0 +1,496 @@
+"""R replicas of the toy GAN as stacked tensors: one batched step trains every seed of a trial.
+
+Shapes: R replicas, B batch, K categories, Z generator noise, H hidden width.
+
+- Generator: free logits theta [R, K] (the original toy), or an MLP noise [R, B, Z] -> logits
+  [R, B, K] with weights [R, Z, H], [R, H, K].
+- Discriminator: logistic regression (weights [R, K, 1]) or an MLP K -> width^depth -> 1, all
+  as batched matmuls (`torch.baddbmm`) over the replica dim.
+- Non-saturating GAN loss: D minimises softplus(-D(real)) + softplus(D(fake)); G minimises
+  softplus(-D(fake)). Each outer step is one discriminator step, then `g_steps` generator steps.
+- Losses are summed over replicas, so each replica's gradient is that of its own loss, and one
+  Adam over the stacked tensors equals R independent Adams (Adam is elementwise).
+
+Reproducibility: replica r owns a torch.Generator seeded with its seed. It draws the replica's
+initial parameters, then fills blocks of Exp(1) numbers ([T, M]: T outer steps of M numbers,
+both set by the replica's own config, never by R) from which every training draw is carved:
+uniforms exp(-E) for real data, Gumbels -log E for samples, Gaussians for generator noise. So
+replica r of a population follows the same trajectory as a population of that seed alone.
+Evaluation (probes, sample metrics) uses one separate generator, so evaluating never perturbs
+training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from study.config import TrialConfig
+from study.estimators import estimate_gradients, exact_gradient
+from study.gumbel import conditional_gumbel, gumbel_from_exponential, one_hot, straight_through
+from study.probes import STAT_NAMES, gradient_stats
+from study.schedules import tau_tensor
+from study.targets import Target, parse_target
+
+__all__ = ["Population", "ReplicaSettings"]
+
+RELAXATION_CODES = {"soft": 0, "hard": 1, "gumbel_rao": 2, "reinforce": 3}
+_BLOCK_NUMBERS = 1 << 16  # Exp(1) numbers per replica per refill (about 256 KiB in float32)
+_EVAL_SEED_OFFSET = 0x5EED_E7A1  # the evaluation generator's seed is seeds[0] + this
+
+
+@dataclass(frozen=True)
+class ReplicaSettings:
+    """Per-replica hyperparameters; None means the trial config's value for every replica."""
+
+    tau0: tuple[float, ...] | None = None
+    rate: tuple[float, ...] | None = None
+    relaxation: tuple[str, ...] | None = None
+    target: tuple[str, ...] | None = None
+
+
+def _normal_from_exponentials(e1: Tensor, e2: Tensor) -> Tensor:
+    """Box-Muller with U = exp(-E): sqrt(-2 log U1) = sqrt(2 E1)."""
+    return torch.sqrt(2.0 * e1) * torch.cos(2.0 * math.pi * torch.exp(-e2))  # ~N(0, 1)
+
+
+def _uniform_init(shape: tuple[int, ...], fan_in: int, generator: torch.Generator, dtype: torch.dtype) -> Tensor:
+    bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default range
+    return (torch.rand(shape, generator=generator, dtype=dtype) * 2.0 - 1.0) * bound
+
+
+class _Group:
+    """Replicas [start, stop) that share a relaxation, and so the layout of their random draws."""
+
+    def __init__(self, start: int, stop: int, relaxation: str, numbers_per_step: int, dtype: torch.dtype, device: torch.device):
+        self.start, self.stop, self.relaxation = start, stop, relaxation
+        self.numbers_per_step = numbers_per_step
+        self.block_steps = max(1, min(256, _BLOCK_NUMBERS // numbers_per_step))
+        self.buffer = torch.empty(stop - start, self.block_steps, numbers_per_step, dtype=dtype, device=device)  # [Rg, T, M]
+        self.cursor = self.block_steps  # empty: refill on first use
+
+    def next_row(self, generators: list[torch.Generator]) -> Tensor:
+        if self.cursor == self.block_steps:
+            for i, r in enumerate(range(self.start, self.stop)):
+                self.buffer[i].exponential_(generator=generators[r])  # ~Exp(1), [T, M]
+            self.cursor = 0
+        row = self.buffer[:, self.cursor]  # [Rg, M]
+        self.cursor += 1
+        return row
+
+
+class _Carver:
+    """Cuts consecutive views out of a row of random numbers [Rg, M]."""
+
+    def __init__(self, row: Tensor):
+        self.row, self.offset = row, 0
+
+    def take(self, *shape: int) -> Tensor:
+        n = math.prod(shape)
+        out = self.row[:, self.offset : self.offset + n].reshape(self.row.shape[0], *shape)
+        self.offset += n
+        return out
+
+
+class Population:
+    """R replicas of (generator, discriminator) trained in lockstep."""
+
+    def __init__(
+        self,
+        config: TrialConfig,
+        seeds: list[int],
+        *,
+        settings: ReplicaSettings = ReplicaSettings(),
+        device: torch.device | str = "cpu",
+        targets: list[Target] | None = None,
+    ):
+        if not seeds:
+            raise ValueError("a population needs at least one seed")
+        self.config = config
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, config.dtype)
+        R, K, B = len(seeds), config.categories, config.batch_size
+        self.R, self.K, self.B = R, K, B
+
+        def per_replica(values, default):
+            values = tuple(values) if values is not None else (default,) * R
+            if len(values) != R:
+                raise ValueError(f"per-replica setting has {len(values)} values for {R} replicas")
+            return values
+
+        relaxations = per_replica(settings.relaxation, config.relaxation)
+        for rel in relaxations:
+            if rel not in RELAXATION_CODES:
+                raise ValueError(f"unknown relaxation {rel!r}; known: {', '.join(RELAXATION_CODES)}")
+        # Replicas are kept sorted by relaxation so that each group is a contiguous slice.
+        order = sorted(range(R), key=lambda i: RELAXATION_CODES[relaxations[i]])
+        self.seeds = [seeds[i] for i in order]
+        self.relaxations = [relaxations[i] for i in order]
+        tau0s = per_replica(settings.tau0, config.tau0)
+        rates = per_replica(settings.rate, config.anneal_rate)
+        target_specs = per_replica(settings.target, config.target)
+        if targets is None:
+            cache: dict[str, Target] = {}
+            targets = [cache.setdefault(t, parse_target(t, K)) for t in target_specs]
+        self.targets = [targets[i] for i in order]
+        opts = dict(dtype=self.dtype, device=self.device)
+        self.tau0 = torch.tensor([tau0s[i] for i in order], **opts)  # [R]
+        self.rate = torch.tensor([rates[i] for i in order], **opts)  # [R]
+        self.relaxation_code = torch.tensor([RELAXATION_CODES[r] for r in self.relaxations], device=self.device)  # [R]
+        self.target_probs = torch.stack([t.probs for t in self.targets]).to(**opts)  # [R, K]
+        cdf = self.target_probs.cumsum(dim=-1)
+        self._target_cdf = (cdf / cdf[:, -1:]).contiguous()  # [R, K], last entry exactly 1
+        self._stream_replicas = [r for r, t in enumerate(self.targets) if t.stream is not None]
+        self._streams = [self.targets[r].stream.to(self.device) for r in self._stream_replicas]
+        self.stream_pos = torch.zeros(R, dtype=torch.long)  # next index into each replica's stream
+
+        self.generators = [torch.Generator(device=self.device).manual_seed(int(s)) for s in self.seeds]
+        self.eval_generator = torch.Generator(device=self.device).manual_seed(int(seeds[0]) + _EVAL_SEED_OFFSET)
+        self.gen_params, self.disc_params = self._init_params()
+        self.opt_g = torch.optim.Adam(self.gen_params, lr=config.lr_g, foreach=True)
+        self.opt_d = torch.optim.Adam(self.disc_params, lr=config.lr_d, foreach=True)
+        self.groups = self._make_groups()
+        self.step = 0
+        self.loss_sums = torch.zeros(2, R, **opts)  # [d, g] since the last evaluation
+        self.loss_counts = torch.zeros(2, **opts)
+
+    # ------------------------------------------------------------------ parameters
+
+    def _init_params(self) -> tuple[list[Tensor], list[Tensor]]:
+        cfg, R, K, dt = self.config, self.R, self.K, self.dtype
+        shapes_g: list[tuple[tuple[int, ...], int]]
+        if cfg.generator == "logits":
+            shapes_g = [((K,), 0)]
+        else:
+            Z, H = cfg.gen_noise_dim, cfg.gen_hidden
+            shapes_g = [((Z, H), Z), ((1, H), Z), ((H, K), H), ((1, K), H)]
+        widths = [K] + ([cfg.disc_width] * cfg.disc_depth if cfg.discriminator == "mlp" else []) + [1]
+        shapes_d = []
+        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+            shapes_d += [((fan_in, fan_out), fan_in), ((1, fan_out), fan_in)]
+        gen = [torch.empty(R, *shape, dtype=dt) for shape, _ in shapes_g]
+        disc = [torch.empty(R, *shape, dtype=dt) for shape, _ in shapes_d]
+        for r, g in enumerate(self.generators):
+            cpu_gen = torch.Generator().manual_seed(self.seeds[r])  # init on CPU: same on any device
+            for p, (shape, fan_in) in zip(gen, shapes_g):
+                if cfg.generator == "logits":
+                    init = {"ones": torch.ones, "zeros": torch.zeros}.get(cfg.logit_init)
+                    p[r] = init(shape, dtype=dt) if init else torch.randn(shape, generator=cpu_gen, dtype=dt)
+                else:
+                    p[r] = _uniform_init(shape, fan_in, cpu_gen, dt)
+            for p, (shape, fan_in) in zip(disc, shapes_d):
+                p[r] = _uniform_init(shape, fan_in, cpu_gen, dt)
+        to = lambda ps: [p.to(self.device).requires_grad_(True) for p in ps]  # noqa: E731
+        return to(gen), to(disc)
+
+    def _make_groups(self) -> list[_Group]:
+        groups, start = [], 0
+        while start < self.R:
+            rel = self.relaxations[start]
+            stop = start
+            while stop < self.R and self.relaxations[stop] == rel:
+                stop += 1
+            groups.append(_Group(start, stop, rel, self._numbers_per_step(rel), self.dtype, self.device))
+            start = stop
+        return groups
+
+    def _noise_numbers(self) -> int:
+        return 2 * self.B * self.config.gen_noise_dim if self.config.generator == "mlp" else 0
+
+    def _numbers_per_step(self, relaxation: str) -> int:
+        B, K = self.B, self.K
+        per_g = self._noise_numbers() + B * K + (self.config.gumbel_rao_k * B * K if relaxation == "gumbel_rao" else 0)
+        return B + self._noise_numbers() + B * K + self.config.g_steps * per_g
+
+    # ------------------------------------------------------------------ forward passes
+
+    def generator_logits(self, noise: Tensor | None = None) -> Tensor:
+        """Logits [R, 1, K] (free logits) or [R, B, K] from noise [R, B, Z] (MLP)."""
+        if self.config.generator == "logits":
+            return self.gen_params[0].unsqueeze(1)  # [R, 1, K]
+        w1, b1, w2, b2 = self.gen_params
+        h = torch.relu(torch.baddbmm(b1, noise, w1))  # [R, B, H]
+        return torch.baddbmm(b2, h, w2)  # [R, B, K]
+
+    def disc_logits(self, y: Tensor, replica_dim: int = 0) -> Tensor:
+        """Discriminator logits for inputs y [..., R, ..., K] -> [..., R, ...] (the K dim removed)."""
+        replica_dim = replica_dim % y.ndim
+        x = y.movedim(replica_dim, 0)  # [R, ..., K]
+        rest = x.shape[1:-1]
+        h = x.reshape(self.R, -1, self.K)  # [R, M, K]
+        params = self.disc_params
+        for i in range(0, len(params), 2):
+            h = torch.baddbmm(params[i + 1], h, params[i])  # [R, M, width]
+            if i + 2 < len(params):
+                h = F.leaky_relu(h, 0.2)
+        return h.reshape(self.R, *rest).movedim(0, replica_dim)  # the replica dim back in place
+
+    def tau(self, step: int | None = None) -> Tensor:
+        """Per-replica temperatures [R] at `step` (default: the current step)."""
+        cfg = self.config
+        return tau_tensor(cfg.schedule, self.step if step is None else step, self.tau0, self.rate, cfg.tau_min, cfg.anneal_interval)
+
+    # ------------------------------------------------------------------ sampling
+
+    def _noise(self, carvers: list[_Carver]) -> Tensor | None:
+        if self.config.generator != "mlp":
+            return None
+        Z = self.config.gen_noise_dim
+        e = torch.cat([c.take(2, self.B, Z) for c in carvers]) if len(carvers) > 1 else carvers[0].take(2, self.B, Z)
+        return _normal_from_exponentials(e[:, 0], e[:, 1])  # [R, B, Z]
+
+    def _fake(self, carvers: list[_Carver], tau: Tensor, *, train: bool) -> tuple[Tensor, Tensor]:
+        """Generator samples [R, B, K] (with the relaxation's gradient when `train`) and the logits."""
+        logits = self.generator_logits(self._noise(carvers))  # [R, 1|B, K]
+        B, K = self.B, self.K
+        parts = []
+        for group, carver in zip(self.groups, carvers):
+            lg = logits[group.start : group.stop].expand(-1, B, K)  # [Rg, B, K]
+            g = gumbel_from_exponential(carver.take(B, K))  # ~Gumbel(0, 1), [Rg, B, K]
+            t = tau[group.start : group.stop].view(-1, 1, 1)  # [Rg, 1, 1]
+            perturbed = lg + g  # [Rg, B, K]
+            vertex = one_hot(perturbed.argmax(dim=-1), K, lg.dtype)  # [Rg, B, K]
+            if group.relaxation == "soft":
+                y = torch.softmax(perturbed / t, dim=-1)
+            elif group.relaxation == "hard":
+                y = straight_through(vertex, torch.softmax(perturbed / t, dim=-1)) if train else vertex
+            elif group.relaxation == "gumbel_rao":
+                if train:
+                    k = self.config.gumbel_rao_k
+                    e = carver.take(k, B, K).transpose(0, 1)  # ~Exp(1), [k, Rg, B, K]
+                    cond = conditional_gumbel(lg, vertex.argmax(dim=-1), num_samples=k, exponentials=e)  # [k, Rg, B, K]
+                    surrogate = torch.softmax((lg + cond) / t, dim=-1).mean(dim=0)  # [Rg, B, K]
+                    y = straight_through(vertex, surrogate)
+                else:
+                    y = vertex
+            else:  # reinforce: the sample itself carries no gradient
+                y = vertex
+            parts.append(y)
+        y = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return y, logits
+
+    def _real(self, carvers: list[_Carver]) -> Tensor:
+        """Real one-hots [R, B, K] (smoothed) from each replica's target."""
+        u = torch.cat([c.take(self.B) for c in carvers]) if len(carvers) > 1 else carvers[0].take(self.B)  # [R, B]
+        u = torch.exp(-u).clamp_min(torch.finfo(u.dtype).tiny)  # ~U(0, 1]
+        index = torch.searchsorted(self._target_cdf, u.contiguous())  # [R, B]
+        if self._stream_replicas:
+            offsets = torch.arange(self.B)
+            for r, stream in zip(self._stream_replicas, self._streams):
+                pos = (self.stream_pos[r] + offsets) % stream.numel()
+                index[r] = stream[pos.to(stream.device)]  # arrival order, cycling
+                self.stream_pos[r] = (self.stream_pos[r] + self.B) % stream.numel()
+        real = one_hot(index.clamp_max(self.K - 1), self.K, self.dtype)  # [R, B, K]
+        eps = self.config.label_smoothing
+        return real * (1.0 - eps) + eps / self.K if eps > 0 else real
+
+    # ------------------------------------------------------------------ training
+
+    def train_step(self) -> None:
+        """One outer step: a discriminator step, then g_steps generator steps, for every replica."""
+        carvers = [_Carver(g.next_row(self.generators)) for g in self.groups]
+        tau = self.tau()  # [R]
+        # 1. discriminator
+        real = self._real(carvers)
+        with torch.no_grad():
+            fake, _ = self._fake(carvers, tau, train=False)  # [R, B, K]
+        d_real = self.disc_logits(real)  # [R, B]
+        d_fake = self.disc_logits(fake)  # [R, B]
+        d_loss = (F.softplus(-d_real) + F.softplus(d_fake)).mean(dim=1)  # [R]
+        grads = torch.autograd.grad(d_loss.sum(), self.disc_params)
+        for p, g in zip(self.disc_params, grads):
+            p.grad = g
+        self.opt_d.step()
+        # 2. generator, gradients w.r.t. generator parameters only
+        g_loss_total = torch.zeros_like(d_loss)
+        for _ in range(self.config.g_steps):
+            g_loss, surrogate = self._generator_loss(carvers, tau)
+            grads = torch.autograd.grad(surrogate.sum(), self.gen_params)
+            for p, g in zip(self.gen_params, grads):
+                p.grad = g
+            self.opt_g.step()
+            g_loss_total += g_loss.detach()
+        with torch.no_grad():
+            self.loss_sums[0] += d_loss.detach()
+            self.loss_sums[1] += g_loss_total / self.config.g_steps
+            self.loss_counts += 1
+        self.step += 1
+
+    def _generator_loss(self, carvers: list[_Carver], tau: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-replica G loss [R] and the surrogate whose gradient trains the generator."""
+        y, logits = self._fake(carvers, tau, train=True)  # [R, B, K]
+        per_sample = F.softplus(-self.disc_logits(y))  # [R, B]
+        loss = per_sample.mean(dim=1)  # [R]
+        surrogate = loss
+        for group in self.groups:
+            if group.relaxation != "reinforce":
+                continue
+            sl = slice(group.start, group.stop)
+            f = per_sample[sl].detach()  # [Rg, B]
+            baseline = (f.sum(dim=1, keepdim=True) - f) / (self.B - 1)  # leave-one-out, [Rg, B]
+            log_p = (torch.log_softmax(logits[sl], dim=-1) * y[sl]).sum(dim=-1)  # log p(z), [Rg, B]
+            score_loss = ((f - baseline) * log_p).mean(dim=1)  # [Rg]
+            surrogate = torch.cat([surrogate[: group.start], score_loss, surrogate[group.stop :]])
+        return loss, surrogate
+
+    def train(self, num_steps: int, callback: Callable[[int], None] | None = None) -> None:
+        for _ in range(num_steps):
+            self.train_step()
+            if callback is not None:
+                callback(self.step)
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def probabilities(self) -> Tensor:
+        """The generator's distribution p [R, K] (exact for free logits, Monte Carlo for the MLP)."""
+        if self.config.generator == "logits":
+            return torch.softmax(self.gen_params[0], dim=-1)
+        logits = self.generator_logits(self._eval_noise(self.config.eval_samples))  # [R, S, K]
+        return torch.softmax(logits, dim=-1).mean(dim=1)
+
+    def _eval_noise(self, n: int) -> Tensor:
+        z = torch.randn(self.R, n, self.config.gen_noise_dim, generator=self.eval_generator, dtype=self.dtype, device=self.device)
+        return z  # ~N(0, 1), [R, n, Z]
+
+    def _eval_exponentials(self, *shape: int) -> Tensor:
+        return torch.empty(*shape, dtype=self.dtype, device=self.device).exponential_(generator=self.eval_generator)
+
+    @torch.no_grad()
+    def evaluate(self) -> list[dict]:
+        """Every metric of DESIGN.md "Metrics", one dict per replica, in seed order."""
+        cfg = self.config
+        tau = self.tau()  # [R]
+        p = self.probabilities()  # [R, K]
+        q = self.target_probs  # [R, K]
+        metrics: dict[str, Tensor] = {"tau": tau}
+        counts = self.loss_counts.clamp_min(1)
+        metrics["loss/d"] = self.loss_sums[0] / counts[0]
+        metrics["loss/g"] = self.loss_sums[1] / counts[1]
+        metrics.update(fit_metrics(p, q))
+        metrics.update(self._sample_metrics(tau, p))
+        metrics.update(self._probe_metrics(tau, "grad"))
+        for ladder_tau in cfg.probe_taus:
+            metrics.update(self._probe_metrics(torch.full_like(tau, ladder_tau), f"ladder/{ladder_tau:g}"))
+        finite = self.finite_replicas()  # [R]
+        self.loss_sums.zero_()
+        self.loss_counts.zero_()
+        rows = []
+        cpu = {k: v.detach().cpu() for k, v in metrics.items()}
+        for r in sorted(range(self.R), key=lambda i: self.seeds[i]):
+            row = {"seed": self.seeds[r], "step": self.step, "relaxation": self.relaxations[r], "target": self.targets[r].spec}
+            row.update({k: float(v[r]) for k, v in cpu.items()})
+            row["fit/probs"] = [float(x) for x in p[r].cpu()]
+            row["diverged"] = not bool(finite[r])
+            rows.append(row)
+        return rows
+
+    @torch.no_grad()
+    def finite_replicas(self) -> Tensor:
+        """[R] bool: every parameter of the replica is finite (False once it has diverged)."""
+        params = [p.flatten(1) for p in (*self.gen_params, *self.disc_params)]
+        return torch.stack([torch.isfinite(p).all(dim=1) for p in params]).all(dim=0)
+
+    def _sample_metrics(self, tau: Tensor, p: Tensor) -> dict[str, Tensor]:
+        """vertex_gap = E[1 - max_k y_k]; mean_bias = ||E[y] - p||_1 with E[onehot(argmax)] = p as
+        a control variate (same noise), which removes most of the Monte Carlo noise."""
+        S, K = self.config.eval_samples, self.K
+        if self.config.generator == "logits":
+            logits = self.gen_params[0].unsqueeze(1).expand(-1, S, K)  # [R, S, K]
+        else:
+            logits = self.generator_logits(self._eval_noise(S))  # [R, S, K]
+        perturbed = logits + gumbel_from_exponential(self._eval_exponentials(self.R, S, K))  # [R, S, K]
+        vertex = one_hot(perturbed.argmax(dim=-1), K, self.dtype)  # [R, S, K]
+        soft = torch.softmax(perturbed / tau.view(-1, 1, 1), dim=-1)  # [R, S, K]
+        is_soft = (self.relaxation_code == RELAXATION_CODES["soft"]).view(-1, 1, 1)
+        emitted = torch.where(is_soft, soft, vertex)  # [R, S, K]
+        return {
+            "sample/vertex_gap": (1.0 - emitted.max(dim=-1).values).mean(dim=1),
+            "sample/mean_bias": (emitted - vertex).mean(dim=1).abs().sum(dim=-1),
+        }
+
+    def _probe_metrics(self, tau: Tensor, prefix: str) -> dict[str, Tensor]:
+        """Each probed estimator against the exact gradient of E[G loss] w.r.t. the logits."""
+        cfg = self.config
+        if cfg.generator == "logits":
+            logits = self.gen_params[0].detach()  # [R, K]
+            tau_b = tau.view(-1, 1)  # [R, 1]
+            f = lambda y: F.softplus(-self.disc_logits(y, replica_dim=-2))  # [..., R, K] -> [..., R]  # noqa: E731
+        else:
+            logits = self.generator_logits(self._eval_noise(cfg.probe_points)).detach()  # [R, P, K]
+            tau_b = tau.view(-1, 1, 1)  # [R, 1, 1]
+            f = lambda y: F.softplus(-self.disc_logits(y, replica_dim=-3))  # [..., R, P, K] -> [..., R, P]  # noqa: E731
+        exact = exact_gradient(logits, f)  # [R, (P,) K]
+        out: dict[str, Tensor] = {}
+        for name in cfg.probe_estimators:
+            options = {"k": cfg.gumbel_rao_k} if name == "gumbel_rao" else {}
+            with torch.enable_grad():
+                est = estimate_gradients(
+                    name, logits, f, tau=tau_b, num_estimates=cfg.probe_estimates,
+                    samples_per_estimate=cfg.probe_samples, generator=self.eval_generator, **options,
+                )  # [N, R, (P,) K]
+            stats = gradient_stats(est, exact)  # each [R, (P,)]
+            for stat in STAT_NAMES:
+                value = stats[stat]
+                out[f"{prefix}/{name}/{stat}"] = value if value.ndim == 1 else value.nanmean(dim=1)
+            out[f"{prefix}/{name}/n"] = torch.full((self.R,), float(cfg.probe_estimates), dtype=self.dtype)
+        return out
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit-identically: parameters, optimizers, RNG, step."""
+        return {
+            "step": self.step,
+            "seeds": list(self.seeds),
+            "gen_params": [p.detach().cpu().clone() for p in self.gen_params],
+            "disc_params": [p.detach().cpu().clone() for p in self.disc_params],
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "rng": [g.get_state() for g in self.generators],
+            "eval_rng": self.eval_generator.get_state(),
+            "buffers": [g.buffer.cpu().clone() for g in self.groups],
+            "cursors": [g.cursor for g in self.groups],
+            "stream_pos": self.stream_pos.clone(),
+            "loss_sums": self.loss_sums.cpu().clone(),
+            "loss_counts": self.loss_counts.cpu().clone(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if list(state["seeds"]) != list(self.seeds):
+            raise ValueError(f"checkpoint is for seeds {state['seeds']}, this population has {self.seeds}")
+        with torch.no_grad():
+            for p, v in zip(self.gen_params + self.disc_params, state["gen_params"] + state["disc_params"]):
+                p.copy_(v)
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        for g, s in zip(self.generators, state["rng"]):
+            g.set_state(s)
+        self.eval_generator.set_state(state["eval_rng"])
+        for g, b, c in zip(self.groups, state["buffers"], state["cursors"]):
+            g.buffer.copy_(b)
+            g.cursor = int(c)
+        self.stream_pos.copy_(state["stream_pos"])
+        self.loss_sums.copy_(state["loss_sums"])
+        self.loss_counts.copy_(state["loss_counts"])
+        self.step = int(state["step"])
+
+
+def fit_metrics(p: Tensor, q: Tensor) -> dict[str, Tensor]:
+    """Total variation, Jensen-Shannon (nats) and KL(q || p) between target q and model p, [R, K] -> [R]."""
+
+    def kl(a: Tensor, b: Tensor) -> Tensor:
+        terms = torch.where(a > 0, a * (torch.log(a) - torch.log(b)), torch.zeros_like(a))
+        return terms.sum(dim=-1)
+
+    m = 0.5 * (p + q)
+    return {
+        "fit/tv": 0.5 * (p - q).abs().sum(dim=-1),
+        "fit/js": 0.5 * kl(q, m) + 0.5 * kl(p, m),
+        "fit/kl": kl(q, p),
+    }

@@ -1,0 +1,192 @@
+"""Ray Tune: the trainable, the Tuner driver (embedded Ray or an existing cluster), resume.
+
+The only module in `study` that imports ray. The trainable is a plain function: a flat config
+dict in (the TrialConfig fields plus `seeds` and `checkpoint_every`), `study.train.Trial` does
+the work, `tune.report` sends every evaluation out. Each report holds:
+
+- `step`, and every scalar metric as its mean over seeds under its own key (`fit/tv`, `tau`,
+  `grad/soft/bias2`, ...), its standard deviation under `std/<key>`, `seeds/count`,
+  `seeds/diverged`: what dashboards show;
+- `per_seed`: {"<seed>": {every metric of that seed, `fit/probs` included}}: what analysis uses
+  for confidence intervals. Tune writes it to result.json in the experiment's storage.
+
+Seeds are packed as replicas in one trial, so a grid of T configurations costs T actors, and
+`reuse_actors` keeps them between trials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+from ray.tune import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
+
+from study.config import ConfigError, StudySpec, TrialConfig
+from study.train import Trial, aggregate, load_state, save_state
+
+__all__ = ["param_space", "run_study", "trainable"]
+
+_TRIAL_FIELDS = {f.name for f in dataclasses.fields(TrialConfig)}
+_TUPLE_FIELDS = {f.name for f in dataclasses.fields(TrialConfig) if str(f.type).startswith("tuple")}
+
+
+def trial_config_from(config: dict[str, Any]) -> TrialConfig:
+    values = {k: (tuple(v) if k in _TUPLE_FIELDS else v) for k, v in config.items() if k in _TRIAL_FIELDS}
+    return TrialConfig(**values)
+
+
+def trainable(config: dict[str, Any]) -> None:
+    """One Tune trial: a population of `seeds` replicas of one configuration."""
+    cfg = trial_config_from(config)
+    cpus = max(1, int(config.get("cpus", 1)))
+    torch.set_num_threads(cpus)  # the trial's CPU share, not the whole node
+    trial = Trial(cfg, int(config["seeds"]))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            load_state(trial, directory)
+    every = int(config.get("checkpoint_every", 1))
+    evaluations = {"count": 0}
+
+    def on_eval(step: int, rows: list[dict]) -> None:
+        metrics = {"step": step, **aggregate(rows), "per_seed": {str(r["seed"]): r for r in rows}}
+        evaluations["count"] += 1
+        if evaluations["count"] % every == 0 or step >= cfg.steps or any(r["diverged"] for r in rows):
+            with tempfile.TemporaryDirectory(prefix="gumbel-ckpt-") as directory:
+                save_state(trial, directory)
+                tune.report(metrics, checkpoint=Checkpoint.from_directory(directory))
+        else:
+            tune.report(metrics)
+
+    trial.run(on_eval)
+
+
+def param_space(spec: StudySpec) -> dict[str, Any]:
+    """Flat: fixed TrialConfig fields, grid axes as grid_search, and the per-trial run settings."""
+    space: dict[str, Any] = spec.fixed.to_dict()
+    for axis, values in spec.grid.items():
+        space[axis] = tune.grid_search([list(v) if isinstance(v, tuple) else v for v in values])
+    space.update(seeds=spec.seeds, checkpoint_every=spec.tune.checkpoint_every, cpus=spec.resources.cpus)
+    return space
+
+
+def _storage_path(storage: str) -> str:
+    """A cloud URI as is; a local path made absolute and checked for writing before any work."""
+    if "://" in storage:
+        return storage
+    path = Path(storage).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError("--storage", storage, f"cannot write there ({err.strerror or err})") from None
+    return str(path)
+
+
+def _init_ray(address: str | None, spec: StudySpec) -> None:
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        # Embedded Ray on this machine; the dashboard (extra `dashboard`) binds to localhost only.
+        ray.init(include_dashboard=None, dashboard_host="127.0.0.1", log_to_driver=True)
+
+
+class _Progress(tune.Callback):
+    """One line per finished or failed trial, and a status line at most every `every_s` seconds."""
+
+    def __init__(self, spec: StudySpec, every_s: float = 10.0):
+        self.grid = list(spec.grid)
+        self.metric = spec.tune.metric
+        self.every_s = every_s
+        self.started = time.time()
+        self.last = 0.0
+
+    def setup(self, **info):
+        self.started = time.time()  # also on a restored run, whose callback was unpickled
+
+    def _label(self, trial) -> str:
+        return ", ".join(f"{axis}={trial.config.get(axis)}" for axis in self.grid) or trial.trial_id
+
+    def _status(self, trials) -> None:
+        counts: dict[str, int] = {}
+        for t in trials:
+            counts[t.status] = counts.get(t.status, 0) + 1
+        states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+        print(f"[{time.time() - self.started:6.0f} s] trials: {states}", file=sys.stderr, flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if time.time() - self.last >= self.every_s:
+            self.last = time.time()
+            self._status(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        print(f"  done   {self._label(trial)}: {self.metric}={last.get(self.metric, float('nan')):.4f} after {last.get('step')} steps", file=sys.stderr, flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        print(f"  failed {self._label(trial)} (retries left follow FailureConfig)", file=sys.stderr, flush=True)
+
+
+def _tuner(spec: StudySpec, storage: str) -> Tuner:
+    resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+    return Tuner(
+        tune.with_resources(trainable, resources),
+        param_space=param_space(spec),
+        tune_config=TuneConfig(
+            metric=spec.tune.metric,
+            mode=spec.tune.mode,
+            reuse_actors=True,
+            max_concurrent_trials=spec.tune.max_concurrent or None,
+        ),
+        run_config=RunConfig(
+            name=spec.name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=spec.tune.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[_Progress(spec)],
+            verbose=0,
+        ),
+    )
+
+
+def experiment_path(storage: str, name: str) -> str:
+    return f"{storage.rstrip('/')}/{name}" if "://" in storage else str(Path(storage) / name)
+
+
+def run_study(spec: StudySpec, *, storage: str = "runs", address: str | None = None, resume: bool = False) -> int:
+    """Run (or resume) a study; print where the results are. Returns a process exit code."""
+    storage = _storage_path(storage)
+    path = experiment_path(storage, spec.name)
+    if resume and not Tuner.can_restore(path):
+        raise ConfigError("--resume", path, "no restorable experiment there")
+    if not resume and "://" not in path and Path(path, "tuner.pkl").exists():
+        raise ConfigError("--name", spec.name, f"{path} already holds an experiment; pass --resume to continue it or --name to start another")
+    started = time.time()
+    _init_ray(address, spec)
+    print(f"gumbel-study: {spec.num_trials} trials x {spec.seeds} seeds -> {path}", file=sys.stderr)
+    if resume:
+        resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+        tuner = Tuner.restore(path, tune.with_resources(trainable, resources), resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = _tuner(spec, storage)
+    results = tuner.fit()
+    errored = [r for r in results if r.error is not None]
+    print(f"\nfinished in {time.time() - started:.1f} s: {len(results) - len(errored)} of {len(results)} trials completed")
+    for result in errored:
+        reason = str(result.error).strip().splitlines()[-1] if str(result.error).strip() else type(result.error).__name__
+        print(f"  failed: {Path(result.path).name}: {reason}")
+    print(f"results: {path}")
+    print(f"report:  gumbel-study report {path}")
+    return 1 if errored else 0
