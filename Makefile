@@ -6,18 +6,29 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 
-.PHONY: install test test-fast study bench clean
+.PHONY: install sysdeps test test-fast study bench clean
 
+# constraints/cpu.txt pins torch==2.13.0 so that pip takes the CPU wheel, not a multi-GB CUDA build.
 $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# constraints/cpu.txt pins torch==2.13.0 so pip takes the CPU wheel, not a multi-GB CUDA build.
 	set -o pipefail; $(BIN)/python -m pip install -q -c constraints/cpu.txt -e '.[dev,dashboard]' 2>&1 | { grep -v "is neither a file nor a directory" || true; }
 	$(BIN)/python -c "import torch, ray; print('torch', torch.__version__, '| ray', ray.__version__)"
 	touch $@
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Tools the tests drive from outside Python: headless Chromium (report page check) and
+# shellcheck (SLURM script). Installed with apt when missing and we are root (CI, sandboxes).
+sysdeps:
+	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note:$$missing not installed; the tests that need them will be skipped"; fi; \
+	fi
+
+test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

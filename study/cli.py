@@ -92,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from study import sweep
 
     address = args.address or os.environ.get("RAY_ADDRESS")
-    return sweep.run_study(spec, storage=args.storage, address=address, resume=args.resume)
+    return sweep.run_study(spec, storage=args.storage, address=address, resume=args.resume, num_cpus=args.num_cpus)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted study (Tuner.restore)")
     p.add_argument("--max-concurrent", type=int, metavar="N", help="at most N trials at once")
     p.add_argument("--name", metavar="NAME", help="experiment name (default: the spec's name)")
+    p.add_argument("--num-cpus", type=int, metavar="N", help="embedded Ray only: CPUs it may use (default: all)")
     add_set(p)
     p.set_defaults(func=cmd_run)
 

@@ -296,7 +296,9 @@ def _check_target(target: str, categories: int, base_dir: Path | None, key: str)
     try:
         parse_target(target, categories, base_dir=base_dir)
     except TargetError as err:
-        raise ConfigError(key, target, str(err)) from None
+        reason = str(err)
+        prefix = f"target {target.strip()!r}: "
+        raise ConfigError(key, target, reason[len(prefix):] if reason.startswith(prefix) else reason) from None
 
 
 def _validate_spec(spec: StudySpec, base_dir: Path | None) -> None:

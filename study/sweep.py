@@ -93,14 +93,14 @@ def _storage_path(storage: str) -> str:
     return str(path)
 
 
-def _init_ray(address: str | None, spec: StudySpec) -> None:
+def _init_ray(address: str | None, num_cpus: int | None) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address)
     else:
         # Embedded Ray on this machine; the dashboard (extra `dashboard`) binds to localhost only.
-        ray.init(include_dashboard=None, dashboard_host="127.0.0.1", log_to_driver=True)
+        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1")
 
 
 class _Progress(tune.Callback):
@@ -165,7 +165,14 @@ def experiment_path(storage: str, name: str) -> str:
     return f"{storage.rstrip('/')}/{name}" if "://" in storage else str(Path(storage) / name)
 
 
-def run_study(spec: StudySpec, *, storage: str = "runs", address: str | None = None, resume: bool = False) -> int:
+def run_study(
+    spec: StudySpec,
+    *,
+    storage: str = "runs",
+    address: str | None = None,
+    resume: bool = False,
+    num_cpus: int | None = None,
+) -> int:
     """Run (or resume) a study; print where the results are. Returns a process exit code."""
     storage = _storage_path(storage)
     path = experiment_path(storage, spec.name)
@@ -174,7 +181,7 @@ def run_study(spec: StudySpec, *, storage: str = "runs", address: str | None = N
     if not resume and "://" not in path and Path(path, "tuner.pkl").exists():
         raise ConfigError("--name", spec.name, f"{path} already holds an experiment; pass --resume to continue it or --name to start another")
     started = time.time()
-    _init_ray(address, spec)
+    _init_ray(address, num_cpus)
     print(f"gumbel-study: {spec.num_trials} trials x {spec.seeds} seeds -> {path}", file=sys.stderr)
     if resume:
         resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}

@@ -53,6 +53,7 @@ class Trial:
         self.seeds = [config.seed + i for i in range(seeds)]
         self.population = Population(config, self.seeds, settings=settings, device=resolve_device(device or config.device))
         self.last_eval = -1  # step of the last evaluation, -1 before the first
+        self.diverged: str | None = None  # the reason, once a replica has diverged
 
     @property
     def step(self) -> int:
@@ -71,22 +72,31 @@ class Trial:
 
         `on_eval(step, rows)` gets one metrics dict per seed; it may checkpoint with `state_dict()`.
         """
+        if self.diverged:  # restored from the checkpoint written at divergence: retrying cannot help
+            raise TrialDiverged(self.diverged)
         for point in self.config.evaluation_steps:
             if point <= self.last_eval:
                 continue
             self.population.train(point - self.population.step, on_step)
             rows = self.population.evaluate()
             self.last_eval = point
-            on_eval(point, rows)
             diverged = [row["seed"] for row in rows if row["diverged"]]
             if diverged:
-                raise TrialDiverged(
-                    f"seeds {diverged} diverged (non-finite parameters) by step {point}; "
-                    f"last loss/d={rows[0]['loss/d']:.4g}, lr_g={self.config.lr_g}, lr_d={self.config.lr_d}"
+                self.diverged = (
+                    f"seeds {diverged} diverged (non-finite parameters) by step {point} "
+                    f"(lr_g={self.config.lr_g}, lr_d={self.config.lr_d})"
                 )
+            on_eval(point, rows)
+            if self.diverged:
+                raise TrialDiverged(self.diverged)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"population": self.population.state_dict(), "last_eval": self.last_eval, "config": self.config.to_dict()}
+        return {
+            "population": self.population.state_dict(),
+            "last_eval": self.last_eval,
+            "diverged": self.diverged or "",
+            "config": self.config.to_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["config"] != self.config.to_dict():
@@ -94,6 +104,7 @@ class Trial:
             raise ValueError(f"checkpoint was written for a different config (differs in {', '.join(changed)})")
         self.population.load_state_dict(state["population"])
         self.last_eval = int(state["last_eval"])
+        self.diverged = state.get("diverged") or None
 
 
 def save_state(trial: Trial, directory: str | Path) -> Path:

@@ -44,7 +44,8 @@ def quadratic(a: torch.Tensor, c: torch.Tensor):
 
 
 def rand(*shape: int, seed: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=seeded(seed), dtype=F64)
+    """Fixed problem data (weights, logits), drawn apart from the estimators' generators."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
 LOGIT_CASES = {
@@ -268,10 +269,12 @@ def test_soft_bias_falls_and_variance_rises_as_tau_falls():
         torch.testing.assert_close(torch.tensor(v, dtype=F64), stats["variance"], rtol=1e-10, atol=0)  # same statistic
         var.append(v)
         var_se.append(se)
-        # Every measured bias2 is resolvable: well above the noise floor variance / n, so a fall
-        # is a fall of the bias, not of the noise (the last one, ~7e-5 vs a floor ~1.7e-5, is
-        # about 4x above it; the others by orders of magnitude).
-        assert b > 3 * floor, tau
+        if tau > taus[-1]:
+            # The bias each fall starts from is resolvable: far above the noise floor variance / n
+            # (observed 100x to 1e8x), so the fall is a fall of the bias, not of the noise. The
+            # last bias2 (~5e-5 at tau = 0.2, bias ~ tau^2 while the floor grows like 1/tau) sits
+            # only a few floors up, so it is only ever the smaller side of a comparison.
+            assert b > 30 * floor, tau
     for i in range(len(taus) - 1):
         # Consecutive differences exceed 4 (bound on) SE of each side: level < 6.3e-5 each.
         assert bias2[i] - bias2[i + 1] > Z * (bias2_se[i] + bias2_se[i + 1]), taus[i + 1]

@@ -1,0 +1,139 @@
+"""The Ray Tune study end to end, with a real local Ray (2 CPUs), in subprocesses."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "experiments" / "smoke.toml"
+PER_SEED_KEYS = ("tau", "loss/d", "loss/g", "fit/tv", "fit/js", "fit/kl", "fit/probs", "sample/vertex_gap", "sample/mean_bias")
+ESTIMATORS = ("soft", "hard", "gumbel_rao", "reinforce")
+STATS = ("bias2", "variance", "mse", "cosine", "rel_rmse", "bias2_floor", "n")
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "study.cli", *args]
+
+
+def _results(path: Path) -> dict[str, list[dict]]:
+    out = {}
+    for trial_dir in sorted(p for p in path.iterdir() if p.is_dir() and p.name.startswith("trainable")):
+        lines = (trial_dir / "result.json").read_text().splitlines() if (trial_dir / "result.json").exists() else []
+        out[trial_dir.name] = [json.loads(line) for line in lines if line.strip()]
+    return out
+
+
+def test_smoke_study_end_to_end(smoke_run):
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(smoke_run))
+    assert len(analysis.trials) == 4
+    assert {t.status for t in analysis.trials} == {"TERMINATED"}
+    results = _results(Path(smoke_run))
+    assert len(results) == 4
+    for name, rows in results.items():
+        assert [r["step"] for r in rows] == [0, 20, 40, 60], name
+        for row in rows:
+            assert row["seeds/count"] == 2 and row["seeds/diverged"] == 0
+            assert set(row["per_seed"]) == {"0", "1"}
+            for seed_row in row["per_seed"].values():
+                for key in PER_SEED_KEYS:
+                    assert key in seed_row, (name, key)
+                for prefix in ("grad", "ladder/0.5"):
+                    for est in ESTIMATORS:
+                        for stat in STATS:
+                            assert f"{prefix}/{est}/{stat}" in seed_row
+            assert row["fit/tv"] == pytest.approx(sum(s["fit/tv"] for s in row["per_seed"].values()) / 2)
+    frame = analysis.dataframe()
+    assert len(frame) == 4 and "fit/tv" in frame.columns
+    # TensorBoard event files hold the namespaced scalars.
+    events = list(Path(smoke_run).glob("trainable*/events.out.tfevents.*"))
+    assert len(events) == 4 and all(e.stat().st_size > 0 for e in events)
+
+
+def _children(pid: int) -> list[int]:
+    """Every live descendant of pid, from /proc (the processes the driver started)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        kids = [p for p, parent in parents.items() if parent == current]
+        found += kids
+        frontier += kids
+    return found
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_resume_after_driver_killed(tmp_path):
+    """SIGKILL the driver once a trial has finished; --resume completes the study, keeps every
+    finished trial's results as they were (not rerun), and every trial reaches its last step."""
+    storage = tmp_path / "runs"
+    args = ["run", str(SMOKE), "--storage", str(storage), "--num-cpus", "2", "--set", "steps=200", "--set", "eval_every=50"]
+    driver = subprocess.Popen(_cli(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    experiment = storage / "smoke"
+    finished_before: dict[str, list[dict]] = {}
+    spawned: list[int] = []
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and driver.poll() is None:
+            spawned = sorted(set(spawned) | set(_children(driver.pid)))
+            if experiment.exists():
+                done = {k: v for k, v in _results(experiment).items() if v and v[-1].get("step") == 200}
+                if done:
+                    finished_before = done
+                    break
+            time.sleep(0.5)
+        assert finished_before, "no trial finished before the deadline"
+        assert driver.poll() is None, "the study ended before it could be interrupted"
+        spawned = sorted(set(spawned) | set(_children(driver.pid)))
+        driver.kill()
+        driver.wait(timeout=30)
+    finally:
+        _kill([driver.pid] + spawned)
+        if driver.stdout:
+            driver.stdout.close()
+    time.sleep(2)  # let the killed Ray processes release their ports and files
+
+    resumed = subprocess.run(_cli(*args, "--resume"), cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "gumbel-study report" in resumed.stdout
+
+    after = _results(experiment)
+    assert len(after) == 4
+    for name, rows in finished_before.items():
+        assert after[name] == rows, f"finished trial {name} was rerun or changed"
+    for name, rows in after.items():
+        steps = [r["step"] for r in rows]
+        assert steps[-1] == 200 and set(steps) == {0, 50, 100, 150, 200}, (name, steps)
+    from ray.tune import ExperimentAnalysis
+
+    assert {t.status for t in ExperimentAnalysis(str(experiment)).trials} == {"TERMINATED"}
+
+
+def test_existing_experiment_needs_resume_or_new_name(tmp_path, smoke_run):
+    storage = Path(smoke_run).parent
+    proc = subprocess.run(_cli("run", str(SMOKE), "--storage", str(storage)), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--resume" in proc.stderr and "Traceback" not in proc.stderr
