@@ -364,7 +364,7 @@ def final_fit_heatmaps(
                     vmax=vmax,
                     annot=text,
                     fmt="",
-                    annot_kws={"fontsize": 8 if show_ci else 7.5},
+                    annot_kws={"fontsize": 10 if cells <= 8 else 8.5 if cells <= 30 else 7.5},
                     cbar=False,
                     linewidths=1,
                     linecolor="white",

@@ -282,6 +282,8 @@ def final_fit_table(
     final = _final_rows(evals, complete_only)
     if final.empty:
         return pd.DataFrame(columns=cols)
+    if "diverged" not in final:
+        final = final.assign(diverged=False)
     counts = final.groupby(by, observed=True, dropna=False).agg(
         n_trials=("trial_id", "nunique"),
         n_seeds=("seed", "size"),
@@ -353,7 +355,7 @@ def probability_errors(
     if truth is None:
         from analysis.load import target_probs as truth
     data = evals[["trial_id", "seed", "step", *dict.fromkeys([*by, "target", "categories"]), "fit/probs"]].copy()
-    data = data[data["fit/probs"].map(lambda p: p is not None and len(p) > 0)]
+    data = data[data["fit/probs"].map(lambda p: isinstance(p, (list, tuple, np.ndarray)) and len(p) > 0)]
     if data.empty:
         return pd.DataFrame(columns=cols)
     data["category"] = data["fit/probs"].map(lambda p: list(range(len(p))))

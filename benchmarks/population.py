@@ -1,0 +1,274 @@
+"""Population: replica-steps/s of study.population.Population vs a plain single-replica PyTorch loop.
+
+    python benchmarks/population.py [--replicas 1,8,64,256] [--categories 10,100] [--batch 256]
+                                    [--cell-seconds 2] [--threads N] [--small] [--json PATH]
+
+One replica-step = one outer step of one replica: a discriminator update plus `g_steps` generator
+updates. The population trains R replicas at once (`Population(cfg, seeds=range(R)).train(n)`),
+with cfg = TrialConfig(discriminator="mlp", disc_width=64, disc_depth=2, batch_size=256,
+categories=K, relaxation="soft", g_steps=1, target="uniform"): R * n replica-steps.
+
+The baseline (`PlainGAN`) is what one writes with torch.nn for one replica: an nn.Sequential of
+nn.Linear K -> 64 -> 64 -> 1 with LeakyReLU(0.2), free logits as an nn.Parameter,
+F.gumbel_softmax, one torch.optim.Adam each, zero_grad / backward / step, the same
+non-saturating losses (D: softplus(-D(real)) + softplus(D(fake)); G: softplus(-D(fake))), real
+samples from torch.multinomial. R seeds are R sequential runs of it, so its replica-steps/s is its
+steps/s, measured once per K. Ratio = population replica-steps/s / plain replica-steps/s.
+
+Both sides use the same torch threads (torch's default unless --threads). Each cell (one R and
+K) picks its step count so that it takes about --cell-seconds in all; its rate is the median of
+3 repeats.
+
+Share of matmul peak. FLOPs counted per replica-step (the population's matmuls only: Adam, the
+softmax and the sampling are not counted). With widths w_0 = K, w_1..w_L (hidden), w_{L+1} = 1,
+one forward pass of one sample costs F = 2 * sum_i w_i * w_{i+1} FLOPs, and forward + backward is
+counted as 3 F (the convention: backward = grad of inputs + grad of weights, each ~ forward):
+    nominal = 3 F * (2 B  [D step: real + fake]  +  g_steps * B  [G step: fake])
+The backward actually needed is a little less: the D step needs no gradient of its inputs, a G step
+no gradient of D's weights; with F_1 = 2 K w_1 (the first layer's forward FLOPs per sample):
+    needed = 2 B (3 F - F_1) + g_steps * B * 2 F
+reported as `needed_gflops` in the JSON, for reference. Achieved FLOP/s = nominal x replica-steps/s;
+share = achieved / peak, where peak is common.matmul_peak_gflops(): a float32 2048^3 sgemm with
+every available CPU thread (the best of 5 repeats).
+Goals (R = 64, K = 10): >= 5x the plain loop and >= 50% of peak (issue 7; issue 3: 4x and 40%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python benchmarks/population.py`: benchmarks/ would shadow `study`
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks.common import autonumber, machine_info, matmul_peak_gflops, measure, print_table, write_json
+from study.config import TrialConfig
+from study.population import Population
+
+GOAL_RATIO = 5.0  # issue 7 (issue 3: 4x)
+GOAL_SHARE = 0.5  # issue 7 (issue 3: 40%)
+GOAL_RATIO_ISSUE3, GOAL_SHARE_ISSUE3 = 4.0, 0.4
+GOAL_CELL = (64, 10)  # (R, K) the goals are stated for
+WIDTH, DEPTH, BATCH = 64, 2, 256
+
+
+def bench_config(categories: int, *, batch: int = BATCH, width: int = WIDTH, depth: int = DEPTH, relaxation: str = "soft") -> TrialConfig:
+    return TrialConfig(
+        discriminator="mlp", disc_width=width, disc_depth=depth, batch_size=batch,
+        categories=categories, relaxation=relaxation, g_steps=1, target="uniform",
+    )
+
+
+# ---------------------------------------------------------------------- the plain baseline
+
+
+class PlainGAN:
+    """One replica of the toy GAN, written the ordinary torch.nn way (see the module docstring)."""
+
+    def __init__(
+        self,
+        probs: torch.Tensor,
+        *,
+        width: int = WIDTH,
+        depth: int = DEPTH,
+        batch: int = BATCH,
+        tau: float = 1.0,
+        hard: bool = False,
+        lr_g: float = 1e-3,
+        lr_d: float = 1e-3,
+        g_steps: int = 1,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ):
+        torch.manual_seed(seed)
+        self.probs = probs.to(device=device, dtype=torch.float32)  # target distribution, [K]
+        self.K, self.B, self.tau, self.hard, self.g_steps = probs.numel(), batch, tau, hard, g_steps
+        layers: list[nn.Module] = []
+        fan_in = self.K
+        for _ in range(depth):
+            layers += [nn.Linear(fan_in, width), nn.LeakyReLU(0.2)]
+            fan_in = width
+        layers.append(nn.Linear(fan_in, 1))
+        self.disc = nn.Sequential(*layers).to(device)
+        self.logits = nn.Parameter(torch.ones(self.K, device=device))  # the generator: free logits
+        self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=lr_d)
+        self.opt_g = torch.optim.Adam([self.logits], lr=lr_g)
+
+    def _fake(self) -> torch.Tensor:
+        return F.gumbel_softmax(self.logits.expand(self.B, self.K), tau=self.tau, hard=self.hard)  # [B, K]
+
+    def step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One outer step: a discriminator update, then g_steps generator updates. Returns the losses."""
+        real = F.one_hot(torch.multinomial(self.probs, self.B, replacement=True), self.K).float()  # [B, K]
+        with torch.no_grad():
+            fake = self._fake()
+        d_loss = (F.softplus(-self.disc(real)) + F.softplus(self.disc(fake))).mean()
+        self.opt_d.zero_grad()
+        d_loss.backward()
+        self.opt_d.step()
+        for _ in range(self.g_steps):
+            g_loss = F.softplus(-self.disc(self._fake())).mean()
+            self.opt_g.zero_grad()
+            g_loss.backward()  # also fills D's .grad; the next D step's zero_grad clears it
+            self.opt_g.step()
+        return d_loss.detach(), g_loss.detach()
+
+    def train(self, n: int) -> None:
+        for _ in range(n):
+            self.step()
+
+    @torch.no_grad()
+    def tv(self) -> float:
+        """Total variation between the target and the generator's distribution."""
+        return float(0.5 * (torch.softmax(self.logits, dim=-1) - self.probs).abs().sum())
+
+
+# ---------------------------------------------------------------------- FLOPs
+
+
+def flops_per_replica_step(categories: int, *, width: int = WIDTH, depth: int = DEPTH, batch: int = BATCH, g_steps: int = 1) -> dict[str, float]:
+    """Matmul FLOPs of one replica-step (see the module docstring): nominal (3x forward) and needed."""
+    widths = [categories] + [width] * depth + [1]
+    macs = [a * b for a, b in zip(widths[:-1], widths[1:])]  # multiply-adds per sample, per layer
+    fwd = 2.0 * sum(macs)  # forward FLOPs per sample
+    first = 2.0 * macs[0]  # the first layer's share, whose input gradient the D step never needs
+    nominal = 3.0 * fwd * (2 * batch + g_steps * batch)
+    d_needed = 2 * batch * (fwd + fwd + (fwd - first))  # forward + weight grads + input grads of layers 2..
+    g_needed = g_steps * batch * (fwd + fwd)  # forward + input grads (no weight grads for D)
+    return {"nominal": nominal, "needed": d_needed + g_needed, "forward_per_sample": fwd}
+
+
+# ---------------------------------------------------------------------- cells
+
+
+def population_cell(R: int, K: int, *, cell_s: float, repeats: int = 3, batch: int = BATCH, device: str = "cpu", max_steps: int = 100_000) -> dict:
+    """Replica-steps/s of a population of R replicas (its construction is not timed)."""
+    pop = Population(bench_config(K, batch=batch), seeds=list(range(R)), device=device)
+    n = autonumber(pop.train_step, cell_s / (repeats + 1), device=device, maximum=max_steps)
+    timing = measure(lambda: pop.train(n), number=1, repeats=repeats, warmup=0, device=device)
+    return {"R": R, "K": K, "steps": n, "rate": R * n / timing.median, "timing": timing.to_dict()}
+
+
+def plain_cell(K: int, *, cell_s: float, repeats: int = 3, batch: int = BATCH, device: str = "cpu", max_steps: int = 100_000) -> dict:
+    """Steps/s of one PlainGAN replica = the replica-steps/s of R sequential runs."""
+    gan = PlainGAN(torch.full((K,), 1.0 / K), batch=batch, device=device)
+    n = autonumber(gan.step, cell_s / (repeats + 1), device=device, maximum=max_steps)
+    timing = measure(lambda: gan.train(n), number=1, repeats=repeats, warmup=0, device=device)
+    return {"K": K, "steps": n, "rate": n / timing.median, "timing": timing.to_dict()}
+
+
+def run(
+    *,
+    replicas=(1, 8, 64, 256),
+    categories=(10, 100),
+    batch: int = BATCH,
+    cell_s: float = 2.0,
+    repeats: int = 3,
+    device: str = "cpu",
+    peak: dict | None = None,
+    peak_n: int = 2048,
+    verbose: bool = True,
+) -> dict:
+    def log(msg: str) -> None:
+        if verbose:
+            print(msg, file=sys.stderr, flush=True)
+
+    if peak is None:
+        peak = matmul_peak_gflops(n=peak_n, device=device)
+        log(f"  matmul peak: {peak['gflops']:.4g} GFLOP/s ({peak['n']}^3 sgemm, {peak['threads'] or device} threads)")
+    rows = []
+    for K in categories:
+        plain = plain_cell(K, cell_s=cell_s, repeats=repeats, batch=batch, device=device)
+        log(f"  plain K={K}: {plain['rate']:.4g} steps/s")
+        flops = flops_per_replica_step(K, batch=batch)
+        for R in replicas:
+            cell = population_cell(R, K, cell_s=cell_s, repeats=repeats, batch=batch, device=device)
+            achieved = flops["nominal"] * cell["rate"] / 1e9
+            row = {
+                "R": R,
+                "K": K,
+                "steps": cell["steps"],
+                "pop_rs_per_s": cell["rate"],
+                "plain_rs_per_s": plain["rate"],
+                "ratio": cell["rate"] / plain["rate"],
+                "gflops": achieved,
+                "peak_share": achieved / peak["gflops"],
+                "needed_gflops": flops["needed"] * cell["rate"] / 1e9,
+                "flops_per_replica_step": flops,
+                "timing": cell["timing"],
+                "plain_timing": plain["timing"],
+                "plain_steps": plain["steps"],
+            }
+            rows.append(row)
+            log(f"  population R={R} K={K}: {cell['rate']:.4g} replica-steps/s, {row['ratio']:.3g}x plain, {100 * row['peak_share']:.3g}% of peak")
+    goals = []
+    goal_row = next((r for r in rows if (r["R"], r["K"]) == GOAL_CELL), None)
+    if goal_row is not None:
+        goals = [
+            {"goal": f"R={GOAL_CELL[0]}, K={GOAL_CELL[1]}: population / plain (issue 7)", "value": goal_row["ratio"], "target": GOAL_RATIO, "unit": "x", "met": goal_row["ratio"] >= GOAL_RATIO},
+            {"goal": f"R={GOAL_CELL[0]}, K={GOAL_CELL[1]}: population / plain (issue 3)", "value": goal_row["ratio"], "target": GOAL_RATIO_ISSUE3, "unit": "x", "met": goal_row["ratio"] >= GOAL_RATIO_ISSUE3},
+            {"goal": f"R={GOAL_CELL[0]}, K={GOAL_CELL[1]}: share of matmul peak (issue 7)", "value": goal_row["peak_share"], "target": GOAL_SHARE, "unit": "", "met": goal_row["peak_share"] >= GOAL_SHARE},
+            {"goal": f"R={GOAL_CELL[0]}, K={GOAL_CELL[1]}: share of matmul peak (issue 3)", "value": goal_row["peak_share"], "target": GOAL_SHARE_ISSUE3, "unit": "", "met": goal_row["peak_share"] >= GOAL_SHARE_ISSUE3},
+        ]
+    return {
+        "benchmark": "population",
+        "settings": {"batch": batch, "disc": f"K->{WIDTH}x{DEPTH}->1", "cell_seconds": cell_s, "repeats": repeats, "device": device, "threads": torch.get_num_threads()},
+        "peak": peak,
+        "rows": rows,
+        "goals": goals,
+    }
+
+
+def print_result(result: dict) -> None:
+    s, peak = result["settings"], result["peak"]
+    print_table(
+        [dict(r, peak_pct=100 * r["peak_share"]) for r in result["rows"]],
+        ["R", "K", "steps", "pop_rs_per_s", "plain_rs_per_s", "ratio", "gflops", "peak_pct"],
+        title=f"population: replica-steps/s, batch {s['batch']}, discriminator {s['disc']}, {s['device']}, {s['threads']} threads; "
+        f"matmul peak {peak['gflops']:.4g} GFLOP/s",
+    )
+    print("ratio = population replica-steps/s / plain single-replica loop steps/s; gflops = nominal matmul FLOPs (3x forward) x rate")
+    for g in result["goals"]:
+        value = f"{100 * g['value']:.3g}%" if g["unit"] == "" else f"{g['value']:.3g}x"
+        target = f"{100 * g['target']:.3g}%" if g["unit"] == "" else f"{g['target']:.3g}x"
+        print(f"goal {g['goal']}: >= {target}; measured {value} -> {'met' if g['met'] else 'NOT met'}")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--replicas", type=_ints, default=[1, 8, 64, 256], help="comma-separated R values")
+    p.add_argument("--categories", type=_ints, default=[10, 100], help="comma-separated K values")
+    p.add_argument("--batch", type=int, default=BATCH)
+    p.add_argument("--cell-seconds", type=float, default=2.0, help="about how long each (R, K) cell runs")
+    p.add_argument("--threads", type=int, help="torch threads for both sides (default: torch's default)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--peak-n", type=int, default=2048, help="sgemm size for the matmul peak")
+    p.add_argument("--small", action="store_true", help="smoke size: R 1,8,64, K 10, short cells")
+    p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.small:
+        args.replicas, args.categories, args.cell_seconds, args.peak_n = [1, 8, 64], [10], 0.4, 1024
+    result = run(
+        replicas=args.replicas, categories=args.categories, batch=args.batch,
+        cell_s=args.cell_seconds, device=args.device, peak_n=args.peak_n,
+    )
+    result["machine"] = machine_info()
+    print_result(result)
+    write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
