@@ -179,7 +179,7 @@ def tradeoff_figure(table: pd.DataFrame, *, title: str | None = None, show_paret
     norm = _log_norm(data["tau"])
     cmap = mpl.colormaps[_SEQ]
     with _style():
-        fig = Figure(figsize=(7.6, 5.6), layout="constrained")
+        fig = Figure(figsize=(7.6, 6.2), layout="constrained")
         ax = fig.add_subplot()
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -226,7 +226,7 @@ def tradeoff_figure(table: pd.DataFrame, *, title: str | None = None, show_paret
             handles.append(Line2D([], [], color="0.55", ls="--", label=f"noise floor bias² = variance / N ({floor})"))
         if show_pareto and "pareto" in data and data["pareto"].astype(bool).sum() > 1:
             handles.append(Line2D([], [], color="black", ls=":", label="Pareto front"))
-        ax.legend(handles=handles, loc="upper left", fontsize=8.5, frameon=True, framealpha=0.9)
+        fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8.5)  # outside: never over a point
         mappable = mpl.cm.ScalarMappable(norm=norm, cmap=cmap)
         bar = fig.colorbar(mappable, ax=ax, pad=0.02, shrink=0.9)
         bar.set_label(TAU_LABEL)

@@ -412,7 +412,7 @@ def load_experiment(path: str | Path, *, max_workers: int = 16) -> Experiment:
     if len(evals):
         evals = evals.sort_values(["trial_id", "seed", "step"], kind="stable").drop_duplicates(["trial_id", "seed", "step"], keep="last")
     evals = evals.reset_index(drop=True)
-    evals["diverged"] = evals["diverged"].astype("boolean") if "diverged" in evals else pd.array([], dtype="boolean")
+    evals["diverged"] = evals["diverged"].astype("boolean") if "diverged" in evals else pd.array([pd.NA] * len(evals), dtype="boolean")
 
     # 4. probes: the wide grad/ and ladder/ columns, long
     probes = _probe_table(evals, group_cols)

@@ -215,10 +215,16 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = 
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     if title:
         print(title, file=file)
-    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)), file=file)
-    print("  ".join("-" * w for w in widths), file=file)
+    # text columns left-aligned, numbers right-aligned
+    left = [all(isinstance(row.get(c), str) for row in rows) for c in columns]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.ljust(w) if lj else v.rjust(w) for v, w, lj in zip(values, widths, left)).rstrip()
+
+    print(line(columns), file=file)
+    print(line(["-" * w for w in widths]), file=file)
     for r in cells:
-        print("  ".join(v.rjust(w) for v, w in zip(r, widths)), file=file)
+        print(line(r), file=file)
     file.flush()
 
 

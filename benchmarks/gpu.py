@@ -1,7 +1,8 @@
 """GPU: population replica-steps/s for R up to 4096 vs one replica on the same GPU, and batched probes.
 
     python benchmarks/gpu.py [--device cuda] [--replicas 1,16,256,1024,4096] [--categories 10]
-                             [--cell-seconds 2] [--budget-s 240] [--small] [--json PATH]
+                             [--cell-seconds 2] [--budget-s 240] [--threads N] [--small]
+                             [--json PATH]
     python benchmarks/gpu.py --device cpu --small          # smoke check without a GPU
 
 Torch only: it imports study.population / study.config / study.estimators / study.gumbel and the
@@ -135,12 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--categories", type=_ints, default=[10])
     p.add_argument("--cell-seconds", type=float, default=2.0)
     p.add_argument("--budget-s", type=float, default=240.0, help="start no new cell after this many seconds")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default)")
     p.add_argument("--small", action="store_true", help="smoke size: R 1,4,16, short cells, small matmul")
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu.py: no CUDA device visible (torch.cuda.is_available() is False); use --device cpu --small for a smoke check", file=sys.stderr)
         return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.small:
         args.replicas, args.cell_seconds = [1, 4, 16], 0.3
     peak_n = 1024 if args.small or not args.device.startswith("cuda") else 8192

@@ -150,7 +150,7 @@ def flops_per_replica_step(categories: int, *, width: int = WIDTH, depth: int = 
 def population_cell(R: int, K: int, *, cell_s: float, repeats: int = 3, batch: int = BATCH, device: str = "cpu", max_steps: int = 100_000) -> dict:
     """Replica-steps/s of a population of R replicas (its construction is not timed)."""
     pop = Population(bench_config(K, batch=batch), seeds=list(range(R)), device=device)
-    n = autonumber(pop.train_step, cell_s / (repeats + 1), device=device, maximum=max_steps)
+    n = autonumber(pop.train_step, cell_s / (repeats + 1), device=device, minimum=5, maximum=max_steps)
     timing = measure(lambda: pop.train(n), number=1, repeats=repeats, warmup=0, device=device)
     return {"R": R, "K": K, "steps": n, "rate": R * n / timing.median, "timing": timing.to_dict()}
 
@@ -158,7 +158,7 @@ def population_cell(R: int, K: int, *, cell_s: float, repeats: int = 3, batch: i
 def plain_cell(K: int, *, cell_s: float, repeats: int = 3, batch: int = BATCH, device: str = "cpu", max_steps: int = 100_000) -> dict:
     """Steps/s of one PlainGAN replica = the replica-steps/s of R sequential runs."""
     gan = PlainGAN(torch.full((K,), 1.0 / K), batch=batch, device=device)
-    n = autonumber(gan.step, cell_s / (repeats + 1), device=device, maximum=max_steps)
+    n = autonumber(gan.step, cell_s / (repeats + 1), device=device, minimum=5, maximum=max_steps)
     timing = measure(lambda: gan.train(n), number=1, repeats=repeats, warmup=0, device=device)
     return {"K": K, "steps": n, "rate": n / timing.median, "timing": timing.to_dict()}
 

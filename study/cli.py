@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gumbel-study: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `gumbel-study check SPEC | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

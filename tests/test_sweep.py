@@ -86,9 +86,10 @@ def _kill(pids: list[int]) -> None:
             pass
 
 
-def test_resume_after_driver_killed(tmp_path):
-    """SIGKILL the driver once a trial has finished; --resume completes the study, keeps every
-    finished trial's results as they were (not rerun), and every trial reaches its last step."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_resume_after_driver_killed(tmp_path, sig):
+    """Kill (or interrupt) the driver once a trial has finished; --resume completes the study, keeps
+    every finished trial's results as they were (not rerun), and every trial reaches its last step."""
     storage = tmp_path / "runs"
     args = ["run", str(SMOKE), "--storage", str(storage), "--num-cpus", "2", "--set", "steps=200", "--set", "eval_every=50"]
     driver = subprocess.Popen(_cli(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -108,8 +109,8 @@ def test_resume_after_driver_killed(tmp_path):
         assert finished_before, "no trial finished before the deadline"
         assert driver.poll() is None, "the study ended before it could be interrupted"
         spawned = sorted(set(spawned) | set(_children(driver.pid)))
-        driver.kill()
-        driver.wait(timeout=30)
+        driver.send_signal(sig)
+        driver.wait(timeout=90)  # SIGINT: Tune saves its state and exits by itself
     finally:
         _kill([driver.pid] + spawned)
         if driver.stdout:
