@@ -20,7 +20,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     60. Run as a subprocess (python -m study.cli), so Ray lives and dies outside the test process.
     """
     storage = tmp_path_factory.mktemp("smoke-storage")
-    cmd = [sys.executable, "-m", "study.cli", "run", str(REPO / "experiments" / "smoke.toml"), "--storage", str(storage)]
+    cmd = [sys.executable, "-m", "study.cli", "run", str(REPO / "experiments" / "smoke.toml"), "--storage", str(storage), "--num-cpus", "2"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # always an embedded, private Ray
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"smoke study failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
