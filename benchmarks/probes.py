@@ -1,7 +1,8 @@
 """Probes: N single-sample gradient estimates in ONE batched call vs a Python loop of N backward passes.
 
     python benchmarks/probes.py [--num-estimates 1000] [--categories 10] [--tau 0.5]
-                                [--estimators soft,hard,gumbel_rao] [--small] [--json PATH]
+                                [--estimators soft,hard,gumbel_rao] [--threads N] [--device cpu]
+                                [--small] [--json PATH]
 
 Batched: `study.estimators.estimate_gradients(name, logits, f, tau=tau, num_estimates=N)`, which
 copies the logits N times and gets all N gradients from one forward and one backward pass.

@@ -12,7 +12,7 @@ Shapes: R replicas, B batch, K categories, Z generator noise, H hidden width.
   Adam over the stacked tensors equals R independent Adams (Adam is elementwise).
 
 Reproducibility: replica r owns a torch.Generator seeded with its seed. It draws the replica's
-initial parameters, then fills blocks of Exp(1) numbers ([T, M]: T outer steps of M numbers,
+initial parameters, then fills blocks of Exp(1) numbers (-log of uniforms) ([T, M]: T outer steps of M numbers,
 both set by the replica's own config, never by R) from which every training draw is carved:
 uniforms exp(-E) for real data, Gumbels -log E for samples, Gaussians for generator noise. So
 replica r of a population follows the same trajectory as a population of that seed alone.
@@ -77,7 +77,9 @@ class _Group:
     def next_row(self, generators: list[torch.Generator]) -> Tensor:
         if self.cursor == self.block_steps:
             for i, r in enumerate(range(self.start, self.stop)):
-                self.buffer[i].exponential_(generator=generators[r])  # ~Exp(1), [T, M]
+                self.buffer[i].uniform_(generator=generators[r])  # ~U[0, 1), [T, M]
+            # -log U ~ Exp(1); uniform_ + log is ~3x faster than exponential_ on CPU.
+            self.buffer.clamp_min_(torch.finfo(self.buffer.dtype).tiny).log_().neg_()  # [Rg, T, M]
             self.cursor = 0
         row = self.buffer[:, self.cursor]  # [Rg, M]
         self.cursor += 1
@@ -299,8 +301,8 @@ class Population:
         real = self._real(carvers)
         with torch.no_grad():
             fake, _ = self._fake(carvers, tau, train=False)  # [R, B, K]
-        d_real = self.disc_logits(real)  # [R, B]
-        d_fake = self.disc_logits(fake)  # [R, B]
+        d_out = self.disc_logits(torch.cat([real, fake], dim=1))  # one pass over both halves, [R, 2B]
+        d_real, d_fake = d_out[:, : self.B], d_out[:, self.B :]  # [R, B] each
         d_loss = (F.softplus(-d_real) + F.softplus(d_fake)).mean(dim=1)  # [R]
         grads = torch.autograd.grad(d_loss.sum(), self.disc_params)
         for p, g in zip(self.disc_params, grads):
