@@ -1,4 +1,4 @@
-"""The plain Ray Tune baseline of benchmarks/study.py (run by it in a subprocess).
+"""The plain Ray Tune baseline of benchmarks/study_run.py (run by it in a subprocess).
 
     python benchmarks/_plain_tune.py --plan PLAN.json --storage DIR [--num-cpus 2]
 
@@ -55,7 +55,7 @@ def plain_trainable(config: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--plan", required=True, help="JSON plan written by benchmarks/study.py")
+    p.add_argument("--plan", required=True, help="JSON plan written by benchmarks/study_run.py")
     p.add_argument("--storage", required=True, help="Tune storage directory")
     p.add_argument("--num-cpus", type=int, default=2)
     args = p.parse_args(argv)

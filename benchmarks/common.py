@@ -1,8 +1,8 @@
 """Timing helpers shared by the benchmarks (torch only: gpu.py must run where Ray is absent).
 
-- Import path: `python benchmarks/X.py` puts benchmarks/ first on sys.path, where
-  benchmarks/study.py would shadow the `study` package; so each script starts with a three-line
-  preamble that swaps benchmarks/ for the repository root (`python -m benchmarks.X` needs none).
+- Import path: `python benchmarks/X.py` puts benchmarks/ first on sys.path; each script starts
+  with a three-line preamble that puts the repository root there instead, so `benchmarks.common`
+  and `study` import the same way as under `python -m benchmarks.X`.
 - `Timing` / `measure()`: warm-up calls, then several repeats of `number` calls each, timed with
   time.perf_counter; the median per-call time is what the ratios use (robust on a busy machine).
 - `autonumber()`: how many calls make one repeat last about `target_s`.

@@ -4,8 +4,8 @@
                                  [--num-cpus 2] [--quick-study] [--gpu [--gpu-device cuda]]
                                  [--out benchmarks/results.json]
 
-`make bench` runs it with no flags: probes.py, population.py and study.py (a few minutes on a
-2-core machine). --quick-study adds `study.py --quick-study` (peak memory of the main job,
+`make bench` runs it with no flags: probes.py, population.py and study_run.py (a few minutes on a
+2-core machine). --quick-study adds `study_run.py --quick-study` (peak memory of the main job,
 minutes more); --gpu adds gpu.py (needs a CUDA device, or pass --gpu-device cpu). Each benchmark
 runs in its own process (fresh torch thread pool, fresh Ray) with its output shown as it goes;
 a benchmark that fails is reported and the others still run. Goals not met do not fail the run:
@@ -34,7 +34,7 @@ ALL = ("probes", "population", "study")
 
 def run_script(name: str, args: list[str], tmp: Path) -> tuple[dict | None, float]:
     out = tmp / f"{name}.json"
-    script = "study" if name == "quick_study" else name
+    script = {"study": "study_run", "quick_study": "study_run"}.get(name, name)
     cmd = [sys.executable, str(HERE / f"{script}.py"), *args, "--json", str(out)]
     print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
     started = time.perf_counter()

@@ -1,7 +1,7 @@
 """Study: wall time of `gumbel-study run` vs a plain Ray Tune baseline, and peak memory.
 
-    python benchmarks/study.py [--num-cpus 2] [--small] [--pss] [--json PATH]
-    python benchmarks/study.py --quick-study [--num-cpus 2] [--json PATH]
+    python benchmarks/study_run.py [--num-cpus 2] [--small] [--pss] [--json PATH]
+    python benchmarks/study_run.py --quick-study [--num-cpus 2] [--json PATH]
 
 Default: a grid of 16 configurations (tau0 in {0.5, 1, 2, 4} x relaxation in {soft, hard} x
 target in {uniform, zipf:s=1.2}), 8 seeds, 500 steps, K = 10, discriminator K -> 64 -> 64 -> 1,
@@ -40,7 +40,7 @@ import threading
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python benchmarks/study.py`: this very file would shadow `study`
+if __package__ in (None, ""):  # `python benchmarks/study_run.py`: this very file would shadow `study`
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
