@@ -56,7 +56,10 @@ def build_summaries(exp: Experiment, *, n_boot: int = 2000, alpha: float = 0.05,
     axes = list(exp.meta.get("grid", {}))
     extra = [a for a in axes if a not in _CORE_AXES and a in exp.evals]
     by = [c for c in (*_CORE_AXES, *extra) if c in exp.evals]
-    tradeoff = S.tradeoff_table(exp.probes, n_boot=n_boot, alpha=alpha, seed=seed)
+    # The ladder probes every trial at the same fixed temperatures, so each point compares estimators
+    # at one tau with everything else held fixed; a trial's own tau confounds tau with training time.
+    has_ladder = len(exp.probes) > 0 and bool((exp.probes["source"] == "ladder").any())
+    tradeoff = S.tradeoff_table(exp.probes, source="ladder" if has_ladder else "current", n_boot=n_boot, alpha=alpha, seed=seed)
     final = S.final_fit_table(exp.evals, by=by, n_boot=n_boot, alpha=alpha, seed=seed)
     curves = S.learning_curves(exp.evals, "fit/tv", by=by, n_boot=min(n_boot, 1000), alpha=alpha, seed=seed)
     errors = S.probability_errors(exp.evals, by=[*by, "categories"])
@@ -297,7 +300,8 @@ def write_report(
             "headline tradeoff (bias² vs variance)",
             lambda: F.tradeoff_figure(tables["tradeoff"]),
             f"<b>The bias-variance tradeoff.</b> Each marker is one of the {n_est} probed gradient estimators (shape) at one temperature (colour, log scale), "
-            "averaged over every probe at that temperature (both the trials' own temperatures and the fixed ladder, binned at four per decade); bars are 95% bootstrap intervals over seeds. "
+            "averaged over every probe at that temperature: the fixed ladder of temperatures when the study probed one (every trial, every evaluation, the same temperatures), "
+            "else the trials' own temperatures, binned at four per decade; bars are 95% bootstrap intervals over seeds. "
             "The dashed line is the noise floor bias² = variance / N: below it bias is not resolvable with N estimates. "
             "The dotted line joins the Pareto front, the points no other point beats on both bias² and variance. Lower-left is better.",
         ),

@@ -17,6 +17,7 @@ Seeds are packed as replicas in one trial, so a grid of T configurations costs T
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 import tempfile
@@ -46,6 +47,8 @@ def trial_config_from(config: dict[str, Any]) -> TrialConfig:
 def trainable(config: dict[str, Any]) -> None:
     """One Tune trial: a population of `seeds` replicas of one configuration."""
     cfg = trial_config_from(config)
+    # One INFO line per checkpoint from Ray's storage layer would drown the progress lines.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     cpus = max(1, int(config.get("cpus", 1)))
     torch.set_num_threads(cpus)  # the trial's CPU share, not the whole node
     trial = Trial(cfg, int(config["seeds"]))
@@ -181,6 +184,8 @@ def run_study(
     if not resume and "://" not in path and Path(path, "tuner.pkl").exists():
         raise ConfigError("--name", spec.name, f"{path} already holds an experiment; pass --resume to continue it or --name to start another")
     started = time.time()
+    # Checkpointing each trial every few evaluations is by design; Tune's sync warning is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     _init_ray(address, num_cpus)
     print(f"gumbel-study: {spec.num_trials} trials x {spec.seeds} seeds -> {path}", file=sys.stderr)
     if resume:

@@ -69,3 +69,24 @@ def test_worker_sigkill_resumes_from_checkpoint_exactly(tmp_path):
         torch.set_num_threads(threads)
     expected = {str(r["seed"]): r for r in final[-1]}
     assert rows[-1]["per_seed"] == json.loads(json.dumps(expected))
+
+
+def test_diverging_trial_fails_with_reason_and_the_rest_completes(tmp_path):
+    spec = tmp_path / "diverge.toml"
+    spec.write_text(
+        (ROOT / "experiments" / "smoke.toml").read_text()
+        .replace('relaxation = ["soft", "hard"]\ntau0 = [0.5, 2.0]', "lr_d = [1e-3, 1e30]")
+        .replace('name = "smoke"', 'name = "diverge"')
+    )
+    proc = subprocess.run([sys.executable, "-m", "study.cli", "run", str(spec), "--storage", str(tmp_path / "runs"), "--num-cpus", "2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "1 of 2 trials completed" in proc.stdout
+    failed = [line for line in proc.stdout.splitlines() if line.strip().startswith("failed:")]
+    assert len(failed) == 1 and "diverged" in failed[0] and "lr_d=1e+30" in failed[0]
+    from ray.tune import ExperimentAnalysis
+
+    trials = ExperimentAnalysis(str(tmp_path / "runs" / "diverge")).trials
+    assert sorted(t.status for t in trials) == ["ERROR", "TERMINATED"]
+    ok = next(t for t in trials if t.status == "TERMINATED")
+    assert ok.last_result["step"] == 60 and ok.last_result["seeds/diverged"] == 0

@@ -39,9 +39,15 @@ RAY = BIN / "ray"
 GUMBEL = BIN / "gumbel-study"
 SPEC = REPO / "experiments" / "smoke.toml"
 STUDY = "smoke"
-EVALS_PER_TRIAL = 4  # smoke.toml: steps 60, eval_every 20 -> 0, 20, 40, 60
 TRIALS = 4  # smoke.toml: relaxation x tau0 = 2 x 2
 SEEDS = 2
+# The smoke spec, but with trials long enough (seconds, not a fraction of one) that the actor
+# starting on the second node is up before the first node's actor has finished its trial: Tune
+# (reuse_actors=True) hands a pending trial to whichever actor is free first, so with smoke's
+# 60 steps one node would often run every trial. Still 4 evaluations per trial.
+STEPS = 3000
+EVAL_EVERY = 1000
+EVAL_STEPS = [0, 1000, 2000, 3000]
 
 STARTUP_S = 90
 JOB_S = 240
@@ -73,6 +79,21 @@ def _ours(marker: str) -> list[int]:
         except OSError:
             continue
         if marker in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def _session(sid: int) -> list[int]:
+    """PIDs of live processes in session `sid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
             found.append(int(entry.name))
     return found
 
@@ -171,40 +192,41 @@ class LoopbackCluster:
 
     # -- teardown ----------------------------------------------------------------------------
     def stop(self) -> list[int]:
-        """SIGTERM each `ray start --block` group (worker first), SIGKILL what outlives a grace
-        period, then return the PIDs of this cluster's processes still alive (should be none)."""
+        """Stop the two `ray start --block` processes this test spawned, worker first: SIGTERM to
+        each (it drains its node and stops the node's processes), SIGKILL to its process group
+        for whatever outlives the grace period. Returns the PIDs of this cluster's processes
+        still alive afterwards (should be none)."""
         for proc in reversed(self.procs):
             if proc.poll() is None:
+                proc.terminate()
+            try:
+                proc.wait(timeout=45)
+            except subprocess.TimeoutExpired:
+                pass
+        marker = str(self.root)
+        deadline = time.time() + 10
+        while time.time() < deadline and _ours(marker):
+            time.sleep(0.25)
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+            # Its session (start_new_session=True: session id == its pid): Ray's processes on that node.
+            for pid in _session(proc.pid):
                 try:
-                    os.killpg(proc.pid, signal.SIGTERM)
+                    os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        deadline = time.time() + 20
-        marker = str(self.root)
-        while time.time() < deadline and (any(_alive(p.pid) for p in self.procs) or _ours(marker)):
-            time.sleep(0.5)
-        for proc in self.procs:
-            for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), lambda: proc.kill()):
-                try:
-                    kill()
-                except (ProcessLookupError, PermissionError):
-                    pass
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        # Stragglers that left the process groups but carry this cluster's unique temp dir.
+        # Stragglers that left the groups but carry this cluster's unique temp dir in their command line.
         for pid in _ours(marker):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        time.sleep(0.5)
-        return [p.pid for p in self.procs if _alive(p.pid)] + _ours(marker)
+        deadline = time.time() + 5
+        while time.time() < deadline and _ours(marker):
+            time.sleep(0.25)
+        return sorted({p.pid for p in self.procs if _alive(p.pid)} | set(_ours(marker)) | {q for p in self.procs for q in _session(p.pid)})
 
 
 @pytest.fixture
@@ -242,6 +264,7 @@ def test_smoke_study_runs_across_two_nodes(cluster):
         "job", "submit", "--address", cluster.dashboard, "--submission-id", submission,
         "--entrypoint-resources", '{"head_node": 1}',  # the driver on the head; trials go anywhere
         "--", str(GUMBEL), "run", str(SPEC), "--address", cluster.gcs, "--storage", str(cluster.storage), "--max-concurrent", "2",
+        "--set", f"steps={STEPS}", "--set", f"eval_every={EVAL_EVERY}",
         timeout=JOB_S,
     )  # fmt: skip
     job_s = time.time() - started
@@ -255,7 +278,7 @@ def test_smoke_study_runs_across_two_nodes(cluster):
     trial_pids = {}
     for path in results:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        assert [r["step"] for r in rows] == [0, 20, 40, 60], (path, [r.get("step") for r in rows])
+        assert [r["step"] for r in rows] == EVAL_STEPS, (path, [r.get("step") for r in rows])
         assert all(len(r["per_seed"]) == SEEDS for r in rows), path
         trial_pids[path.parent.name] = {r["pid"] for r in rows}
     assert (experiment / "tuner.pkl").exists()
@@ -265,7 +288,5 @@ def test_smoke_study_runs_across_two_nodes(cluster):
     node_of_pid = {a["pid"]: a["node_id"] for a in actors}
     trial_roles = {trial: {role.get(node_of_pid.get(pid), f"unknown pid {pid}") for pid in pids} for trial, pids in trial_pids.items()}
     used = set().union(*trial_roles.values())
-    print(job.stdout[-12000:])
     assert used == {"head", "worker"}, f"trials by node: {trial_roles} pids {trial_pids}; actors: {[(a.get('class_name'), a['pid'], role.get(a['node_id'])) for a in actors]}"
-    print(job.stdout[-8000:])
     print(f"\nmultinode: job {job_s:.1f} s; trials by node: {trial_roles}")
