@@ -34,7 +34,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from study.gumbel import check_tau, conditional_gumbel, gumbel_max, gumbel_noise, gumbel_softmax, one_hot, straight_through
+from study.gumbel import check_tau, conditional_gumbel, gumbel_max, gumbel_noise, gumbel_softmax, one_hot, softmax, straight_through
 
 __all__ = [
     "ESTIMATORS",
@@ -119,7 +119,7 @@ def _gumbel_rao_sample(theta, tau, generator, k: int = 10):
     index = gumbel_max(theta.detach(), generator=generator)  # [N, S, *B]
     vertex = one_hot(index, theta.shape[-1], theta.dtype)  # [N, S, *B, K]
     g = conditional_gumbel(theta, index, num_samples=k, generator=generator)  # [k, N, S, *B, K]
-    surrogate = torch.softmax((theta + g) / tau, dim=-1).mean(dim=0)  # [N, S, *B, K]
+    surrogate = softmax((theta + g) / tau).mean(dim=0)  # [N, S, *B, K]
     return straight_through(vertex, surrogate)
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "gumbel_noise",
     "gumbel_softmax",
     "one_hot",
+    "softmax",
     "straight_through",
 ]
 
@@ -47,6 +48,34 @@ def gumbel_noise(
     tiny = torch.finfo(dtype).tiny
     exp1 = torch.empty(tuple(shape), dtype=dtype, device=device).exponential_(generator=generator)  # ~Exp(1)
     return -exp1.clamp_min_(tiny).log_()  # ~Gumbel(0, 1)
+
+
+class _NarrowSoftmax(torch.autograd.Function):
+    """Softmax over a short last dim. torch's CPU kernel vectorises along that dim and is ~3x
+    slower than these whole-tensor ops when it holds a few dozen entries (benchmarks/README.md)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        e = (x - x.amax(dim=-1, keepdim=True)).exp_()  # max subtracted: no overflow
+        y = e.div_(e.sum(dim=-1, keepdim=True))
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (y,) = ctx.saved_tensors
+        gy = grad * y
+        return gy - y * gy.sum(dim=-1, keepdim=True)  # the softmax Jacobian-vector product
+
+
+_NARROW = 64  # below this many categories the whole-tensor form is faster on CPU
+
+
+def softmax(x: Tensor) -> Tensor:
+    """Softmax over the last dim, fast for the small K of these studies on CPU."""
+    if x.shape[-1] < _NARROW and x.device.type == "cpu":
+        return _NarrowSoftmax.apply(x)
+    return torch.softmax(x, dim=-1)
 
 
 def gumbel_from_exponential(exp1: Tensor) -> Tensor:
@@ -115,7 +144,7 @@ def gumbel_softmax(
     check_tau(tau)
     g = _noise_like(logits, generator, noise)  # ~Gumbel(0, 1), [..., K]
     perturbed = logits + g  # [..., K]
-    y_soft = torch.softmax(perturbed / tau, dim=-1)  # [..., K]
+    y_soft = softmax(perturbed / tau)  # [..., K]
     if not hard:
         return y_soft
     # argmax of the perturbed logits, not of y_soft: at tiny tau y_soft can tie at 1.0 in float32.

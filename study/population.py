@@ -32,7 +32,7 @@ from torch import Tensor
 
 from study.config import TrialConfig
 from study.estimators import estimate_gradients, exact_gradient
-from study.gumbel import conditional_gumbel, gumbel_from_exponential, one_hot, straight_through
+from study.gumbel import conditional_gumbel, gumbel_from_exponential, one_hot, softmax, straight_through
 from study.probes import STAT_NAMES, gradient_stats
 from study.schedules import tau_tensor
 from study.targets import Target, parse_target
@@ -258,15 +258,15 @@ class Population:
             perturbed = lg + g  # [Rg, B, K]
             vertex = one_hot(perturbed.argmax(dim=-1), K, lg.dtype)  # [Rg, B, K]
             if group.relaxation == "soft":
-                y = torch.softmax(perturbed / t, dim=-1)
+                y = softmax(perturbed / t)
             elif group.relaxation == "hard":
-                y = straight_through(vertex, torch.softmax(perturbed / t, dim=-1)) if train else vertex
+                y = straight_through(vertex, softmax(perturbed / t)) if train else vertex
             elif group.relaxation == "gumbel_rao":
                 if train:
                     k = self.config.gumbel_rao_k
                     e = carver.take(k, B, K).transpose(0, 1)  # ~Exp(1), [k, Rg, B, K]
                     cond = conditional_gumbel(lg, vertex.argmax(dim=-1), num_samples=k, exponentials=e)  # [k, Rg, B, K]
-                    surrogate = torch.softmax((lg + cond) / t, dim=-1).mean(dim=0)  # [Rg, B, K]
+                    surrogate = softmax((lg + cond) / t).mean(dim=0)  # [Rg, B, K]
                     y = straight_through(vertex, surrogate)
                 else:
                     y = vertex
@@ -408,7 +408,7 @@ class Population:
             logits = self.generator_logits(self._eval_noise(S))  # [R, S, K]
         perturbed = logits + gumbel_from_exponential(self._eval_exponentials(self.R, S, K))  # [R, S, K]
         vertex = one_hot(perturbed.argmax(dim=-1), K, self.dtype)  # [R, S, K]
-        soft = torch.softmax(perturbed / tau.view(-1, 1, 1), dim=-1)  # [R, S, K]
+        soft = softmax(perturbed / tau.view(-1, 1, 1))  # [R, S, K]
         is_soft = (self.relaxation_code == RELAXATION_CODES["soft"]).view(-1, 1, 1)
         emitted = torch.where(is_soft, soft, vertex)  # [R, S, K]
         return {
