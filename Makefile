@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 
-.PHONY: install sysdeps test test-fast study bench clean
+.PHONY: install sysdeps test test-fast test-multinode study bench clean
 
 # constraints/cpu.txt pins torch==2.13.0 so that pip takes the CPU wheel, not a multi-GB CUDA build.
 $(STAMP): pyproject.toml constraints/cpu.txt
@@ -33,6 +33,9 @@ test: $(STAMP) sysdeps
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
+
+test-multinode: $(STAMP)
+	$(BIN)/python -m pytest -m multinode
 
 study: $(STAMP)
 	$(BIN)/gumbel-study run experiments/quick.toml --storage runs

@@ -4,13 +4,16 @@ study submitted with `ray job submit`, trials spread over both nodes, results in
     pytest -m multinode            # this test alone (about 1-2 minutes)
 
 Safe on a machine shared with other Ray users:
-- every port is chosen free here, nothing relies on Ray's defaults (6379, 8265, 10001, 52365);
+- every port Ray would otherwise take by default (6379, 8265, 10001, 52365) is chosen free here;
 - the cluster lives in its own short temp dir (/tmp/rmn-XXXX: unix socket paths are limited to
   ~107 bytes) and has its own auth token file; ~/.ray/auth_token is neither read nor written;
-- token authentication stays ON (RAY_AUTH_MODE=token for the nodes and for every CLI call);
-- teardown signals only the two `ray start --block` processes this test spawned (each the leader
-  of its own session) and their process groups, never `ray stop` or a kill by name, then checks
-  that no process referring to this cluster's temp dir is left.
+- token authentication stays ON (RAY_AUTH_MODE=token for the nodes and for every CLI call), and
+  the dashboard binds to 127.0.0.1 (Ray itself reports the node IP as the machine's address, not
+  127.0.0.1, and its GCS/raylet ports listen on all interfaces: the token guards them);
+- teardown signals only the two `ray start --block` processes this test spawned (each started
+  in a session of its own) and then what is left in those two sessions or carries the unique
+  temp dir in its command line: never `ray stop`, never a kill by name; it asserts that nothing
+  is left.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ SEEDS = 2
 # 60 steps one node would often run every trial. Still 4 evaluations per trial.
 STEPS = 3000
 EVAL_EVERY = 1000
-EVAL_STEPS = [0, 1000, 2000, 3000]
+EVAL_STEPS = list(range(0, STEPS + 1, EVAL_EVERY))  # [0, 1000, 2000, 3000]
 
 STARTUP_S = 90
 JOB_S = 240
@@ -98,12 +101,14 @@ def _session(sid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+def _describe(pids: list[int]) -> list[str]:
+    out = []
+    for pid in pids:
+        try:
+            out.append(f"{pid}: " + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200])
+        except OSError:
+            out.append(f"{pid}: (gone)")
+    return out
 
 
 class LoopbackCluster:
@@ -191,11 +196,25 @@ class LoopbackCluster:
             return 0
 
     # -- teardown ----------------------------------------------------------------------------
+    def leftovers(self) -> list[int]:
+        """This cluster's live processes: those in the sessions of the two `ray start` processes
+        (start_new_session=True: session id == their pid; Ray's workers rename themselves
+        `ray::...` but stay in the session) and any carrying the unique temp dir in their command line."""
+        pids = set(_ours(str(self.root)))
+        for proc in self.procs:
+            pids.update(_session(proc.pid))
+        return sorted(pids)
+
+    def _wait_gone(self, seconds: float) -> list[int]:
+        deadline = time.time() + seconds
+        while (left := self.leftovers()) and time.time() < deadline:
+            time.sleep(0.25)
+        return left
+
     def stop(self) -> list[int]:
         """Stop the two `ray start --block` processes this test spawned, worker first: SIGTERM to
-        each (it drains its node and stops the node's processes), SIGKILL to its process group
-        for whatever outlives the grace period. Returns the PIDs of this cluster's processes
-        still alive afterwards (should be none)."""
+        each (it drains its node and stops that node's processes); then SIGKILL to whatever of
+        this cluster outlives a grace period. Returns the PIDs still alive (should be none)."""
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.terminate()
@@ -203,30 +222,16 @@ class LoopbackCluster:
                 proc.wait(timeout=45)
             except subprocess.TimeoutExpired:
                 pass
-        marker = str(self.root)
-        deadline = time.time() + 10
-        while time.time() < deadline and _ours(marker):
-            time.sleep(0.25)
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
-            # Its session (start_new_session=True: session id == its pid): Ray's processes on that node.
-            for pid in _session(proc.pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        # Stragglers that left the groups but carry this cluster's unique temp dir in their command line.
-        for pid in _ours(marker):
+        for pid in self._wait_gone(20):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        deadline = time.time() + 5
-        while time.time() < deadline and _ours(marker):
-            time.sleep(0.25)
-        return sorted({p.pid for p in self.procs if _alive(p.pid)} | set(_ours(marker)) | {q for p in self.procs for q in _session(p.pid)})
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+        return self._wait_gone(10)
 
 
 @pytest.fixture
@@ -245,7 +250,7 @@ def cluster():
         leftovers = c.stop()
         if not leftovers:
             shutil.rmtree(c.root, ignore_errors=True)
-        assert not leftovers, f"processes of the test cluster still alive after teardown: {leftovers} (see {c.root})"
+        assert not leftovers, f"processes of the test cluster still alive after teardown (see {c.root}): {_describe(leftovers)}"
 
 
 def test_smoke_study_runs_across_two_nodes(cluster):
