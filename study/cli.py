@@ -3,7 +3,7 @@
     gumbel-study train CONFIG.toml [--out DIR] [--seeds N] [--steps N] [--set KEY=VALUE ...]
     gumbel-study check SPEC [--set KEY=VALUE ...]
     gumbel-study run SPEC [--storage PATH|URI] [--address ADDR] [--resume] [--max-concurrent N]
-                          [--name NAME] [--set KEY=VALUE ...]
+                          [--name NAME] [--num-cpus N] [--dashboard] [--set KEY=VALUE ...]
     gumbel-study report RUN_DIR [--out DIR]
 
 Bad input exits with code 2 and one line naming the key and the value; no traceback.
@@ -92,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from study import sweep
 
     address = args.address or os.environ.get("RAY_ADDRESS")
-    return sweep.run_study(spec, storage=args.storage, address=address, resume=args.resume, num_cpus=args.num_cpus)
+    return sweep.run_study(spec, storage=args.storage, address=address, resume=args.resume, num_cpus=args.num_cpus, dashboard=args.dashboard)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, metavar="N", help="at most N trials at once")
     p.add_argument("--name", metavar="NAME", help="experiment name (default: the spec's name)")
     p.add_argument("--num-cpus", type=int, metavar="N", help="embedded Ray only: CPUs it may use (default: all)")
+    p.add_argument("--dashboard", action="store_true", help="embedded Ray only: serve the Ray dashboard on 127.0.0.1:8265 (extra `dashboard`)")
     add_set(p)
     p.set_defaults(func=cmd_run)
 

@@ -96,14 +96,15 @@ def _storage_path(storage: str) -> str:
     return str(path)
 
 
-def _init_ray(address: str | None, num_cpus: int | None) -> None:
+def _init_ray(address: str | None, num_cpus: int | None, dashboard: bool = False) -> None:
     if ray.is_initialized():
         return
     if address:
         ray.init(address=address)
     else:
-        # Embedded Ray on this machine; the dashboard (extra `dashboard`) binds to localhost only.
-        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1")
+        # Embedded Ray on this machine. The dashboard (extra `dashboard`) is opt-in: its ten
+        # processes take about 1 GB, a third of a laptop study's memory. It binds to localhost only.
+        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1")
 
 
 class _Progress(tune.Callback):
@@ -175,6 +176,7 @@ def run_study(
     address: str | None = None,
     resume: bool = False,
     num_cpus: int | None = None,
+    dashboard: bool = False,
 ) -> int:
     """Run (or resume) a study; print where the results are. Returns a process exit code."""
     storage = _storage_path(storage)
@@ -186,7 +188,9 @@ def run_study(
     started = time.time()
     # Checkpointing each trial every few evaluations is by design; Tune's sync warning is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    _init_ray(address, num_cpus)
+    _init_ray(address, num_cpus, dashboard)
+    if dashboard and not address:
+        print("gumbel-study: Ray dashboard on http://127.0.0.1:8265", file=sys.stderr)
     print(f"gumbel-study: {spec.num_trials} trials x {spec.seeds} seeds -> {path}", file=sys.stderr)
     if resume:
         resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}

@@ -50,7 +50,11 @@ def test_embedded_ray_binds_dashboard_to_localhost_and_keeps_auth(monkeypatch):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
     sweep._init_ray(None, 2)
-    assert calls == [{"num_cpus": 2, "dashboard_host": "127.0.0.1"}]
+    sweep._init_ray(None, 2, dashboard=True)
+    assert calls == [
+        {"num_cpus": 2, "include_dashboard": False, "dashboard_host": "127.0.0.1"},
+        {"num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1"},
+    ]
     source = (ROOT / "study" / "sweep.py").read_text() + (ROOT / "study" / "cli.py").read_text()
     assert "0.0.0.0" not in source
     assert not re.search(r"AUTH\w*\s*[\]\)]?\s*=\s*['\"]?(disabled|none|0|false)", source, re.IGNORECASE)
