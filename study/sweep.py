@@ -62,7 +62,7 @@ def trainable(config: dict[str, Any]) -> None:
     def on_eval(step: int, rows: list[dict]) -> None:
         metrics = {"step": step, **aggregate(rows), "per_seed": {str(r["seed"]): r for r in rows}}
         evaluations["count"] += 1
-        if evaluations["count"] % every == 0 or step >= cfg.steps or any(r["diverged"] for r in rows):
+        if evaluations["count"] % every == 0 or step >= cfg.steps or trial.diverged:
             with tempfile.TemporaryDirectory(prefix="gumbel-ckpt-") as directory:
                 save_state(trial, directory)
                 tune.report(metrics, checkpoint=Checkpoint.from_directory(directory))
