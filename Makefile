@@ -37,8 +37,11 @@ test-fast: $(STAMP)
 test-multinode: $(STAMP)
 	$(BIN)/python -m pytest -m multinode
 
+# A second `make study` resumes the experiment in runs/quick (finished trials are kept, an
+# interrupted run completes) and writes the report again.
 study: $(STAMP)
-	$(BIN)/gumbel-study run experiments/quick.toml --storage runs
+	if [ -f runs/quick/tuner.pkl ]; then resume=--resume; else resume=; fi; \
+	$(BIN)/gumbel-study run experiments/quick.toml --storage runs $$resume
 	$(BIN)/gumbel-study report runs/quick
 	@echo "study results: runs/quick   report: runs/quick/report/index.html"
 
