@@ -37,6 +37,14 @@ def _params(pop: Population, replica: int) -> list[torch.Tensor]:
     return [p.detach()[replica] for p in (*pop.gen_params, *pop.disc_params)]
 
 
+def _assert_replica_equals_run_alone(pop: Population, seed: int, cfg: TrialConfig) -> None:
+    alone = Population(cfg, [seed])
+    alone.train(cfg.steps)
+    r = pop.seeds.index(seed)
+    for got, want in zip(_params(pop, r), _params(alone, 0)):
+        torch.testing.assert_close(got, want, atol=EQUIVALENCE_ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_replica_equals_single_run(tmp_path, case):
     cfg = _config(tmp_path, **CASES[case])
@@ -44,11 +52,7 @@ def test_replica_equals_single_run(tmp_path, case):
     pop = Population(cfg, seeds)
     pop.train(cfg.steps)
     for seed in seeds:
-        alone = Population(cfg, [seed])
-        alone.train(cfg.steps)
-        r = pop.seeds.index(seed)
-        for got, want in zip(_params(pop, r), _params(alone, 0)):
-            torch.testing.assert_close(got, want, atol=EQUIVALENCE_ATOL, rtol=0)
+        _assert_replica_equals_run_alone(pop, seed, cfg)
 
 
 def test_mixed_relaxations_match_their_single_runs(tmp_path):
@@ -61,11 +65,7 @@ def test_mixed_relaxations_match_their_single_runs(tmp_path):
     for i, seed in enumerate([1, 2, 3]):
         alone_cfg = dataclasses.replace(cfg, tau0=settings.tau0[i], anneal_rate=settings.rate[i],
                                         relaxation=settings.relaxation[i], target=settings.target[i])
-        alone = Population(alone_cfg, [seed])
-        alone.train(cfg.steps)
-        r = pop.seeds.index(seed)
-        for got, want in zip(_params(pop, r), _params(alone, 0)):
-            torch.testing.assert_close(got, want, atol=EQUIVALENCE_ATOL, rtol=0)
+        _assert_replica_equals_run_alone(pop, seed, alone_cfg)
 
 
 def test_different_seeds_differ(tmp_path):
