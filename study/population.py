@@ -154,8 +154,9 @@ class Population:
         self.generators = [torch.Generator(device=self.device).manual_seed(int(s)) for s in self.seeds]
         self.eval_generator = torch.Generator(device=self.device).manual_seed(int(seeds[0]) + _EVAL_SEED_OFFSET)
         self.gen_params, self.disc_params = self._init_params()
-        self.opt_g = torch.optim.Adam(self.gen_params, lr=config.lr_g, foreach=True)
-        self.opt_d = torch.optim.Adam(self.disc_params, lr=config.lr_d, foreach=True)
+        # One fused kernel per optimizer step over the stacked tensors (elementwise, so replicas stay independent).
+        self.opt_g = torch.optim.Adam(self.gen_params, lr=config.lr_g, fused=True)
+        self.opt_d = torch.optim.Adam(self.disc_params, lr=config.lr_d, fused=True)
         self.groups = self._make_groups()
         self.step = 0
         self.loss_sums = torch.zeros(2, R, **opts)  # [d, g] since the last evaluation
@@ -256,22 +257,21 @@ class Population:
             g = gumbel_from_exponential(carver.take(B, K))  # ~Gumbel(0, 1), [Rg, B, K]
             t = tau[group.start : group.stop].view(-1, 1, 1)  # [Rg, 1, 1]
             perturbed = lg + g  # [Rg, B, K]
-            vertex = one_hot(perturbed.argmax(dim=-1), K, lg.dtype)  # [Rg, B, K]
             if group.relaxation == "soft":
-                y = softmax(perturbed / t)
-            elif group.relaxation == "hard":
-                y = straight_through(vertex, softmax(perturbed / t)) if train else vertex
-            elif group.relaxation == "gumbel_rao":
-                if train:
-                    k = self.config.gumbel_rao_k
-                    e = carver.take(k, B, K).transpose(0, 1)  # ~Exp(1), [k, Rg, B, K]
-                    cond = conditional_gumbel(lg, vertex.argmax(dim=-1), num_samples=k, exponentials=e)  # [k, Rg, B, K]
-                    surrogate = softmax((lg + cond) / t).mean(dim=0)  # [Rg, B, K]
-                    y = straight_through(vertex, surrogate)
-                else:
-                    y = vertex
-            else:  # reinforce: the sample itself carries no gradient
+                parts.append(softmax(perturbed / t))  # [Rg, B, K]; no argmax needed
+                continue
+            index = perturbed.argmax(dim=-1)  # the exact categorical sample, [Rg, B]
+            vertex = one_hot(index, K, lg.dtype)  # [Rg, B, K]
+            if not train or group.relaxation == "reinforce":  # reinforce: the sample carries no gradient
                 y = vertex
+            elif group.relaxation == "hard":
+                y = straight_through(vertex, softmax(perturbed / t))
+            else:  # gumbel_rao
+                k = self.config.gumbel_rao_k
+                e = carver.take(k, B, K).transpose(0, 1)  # ~Exp(1), [k, Rg, B, K]
+                cond = conditional_gumbel(lg, index, num_samples=k, exponentials=e)  # [k, Rg, B, K]
+                surrogate = softmax((lg + cond) / t).mean(dim=0)  # [Rg, B, K]
+                y = straight_through(vertex, surrogate)
             parts.append(y)
         y = parts[0] if len(parts) == 1 else torch.cat(parts)
         return y, logits
