@@ -73,14 +73,20 @@ class _Group:
         self.block_steps = max(1, min(256, _BLOCK_NUMBERS // numbers_per_step))
         self.buffer = torch.empty(stop - start, self.block_steps, numbers_per_step, dtype=dtype, device=device)  # [Rg, T, M]
         self.cursor = self.block_steps  # empty: refill on first use
+        self.block_states: list[Tensor] = []  # generator states before the current block's draw
+
+    def refill(self, generators: list[torch.Generator]) -> None:
+        # The states before the draw are all a checkpoint needs to rebuild this block.
+        self.block_states = [generators[r].get_state() for r in range(self.start, self.stop)]
+        for i, r in enumerate(range(self.start, self.stop)):
+            self.buffer[i].uniform_(generator=generators[r])  # ~U[0, 1), [T, M]
+        # -log U ~ Exp(1); uniform_ + log is ~3x faster than exponential_ on CPU.
+        self.buffer.clamp_min_(torch.finfo(self.buffer.dtype).tiny).log_().neg_()  # [Rg, T, M]
+        self.cursor = 0
 
     def next_row(self, generators: list[torch.Generator]) -> Tensor:
         if self.cursor == self.block_steps:
-            for i, r in enumerate(range(self.start, self.stop)):
-                self.buffer[i].uniform_(generator=generators[r])  # ~U[0, 1), [T, M]
-            # -log U ~ Exp(1); uniform_ + log is ~3x faster than exponential_ on CPU.
-            self.buffer.clamp_min_(torch.finfo(self.buffer.dtype).tiny).log_().neg_()  # [Rg, T, M]
-            self.cursor = 0
+            self.refill(generators)
         row = self.buffer[:, self.cursor]  # [Rg, M]
         self.cursor += 1
         return row
@@ -456,7 +462,8 @@ class Population:
             "opt_d": self.opt_d.state_dict(),
             "rng": [g.get_state() for g in self.generators],
             "eval_rng": self.eval_generator.get_state(),
-            "buffers": [g.buffer.cpu().clone() for g in self.groups],
+            # Not the random blocks themselves (megabytes): the states that redraw them.
+            "block_states": [list(g.block_states) for g in self.groups],
             "cursors": [g.cursor for g in self.groups],
             "stream_pos": self.stream_pos.clone(),
             "loss_sums": self.loss_sums.cpu().clone(),
@@ -471,12 +478,15 @@ class Population:
                 p.copy_(v)
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        for group, states, cursor in zip(self.groups, state["block_states"], state["cursors"]):
+            if states:  # redraw the block in use at the checkpoint, then stand where it stood
+                for r, s in zip(range(group.start, group.stop), states):
+                    self.generators[r].set_state(s)
+                group.refill(self.generators)
+            group.cursor = int(cursor)
         for g, s in zip(self.generators, state["rng"]):
             g.set_state(s)
         self.eval_generator.set_state(state["eval_rng"])
-        for g, b, c in zip(self.groups, state["buffers"], state["cursors"]):
-            g.buffer.copy_(b)
-            g.cursor = int(c)
         self.stream_pos.copy_(state["stream_pos"])
         self.loss_sums.copy_(state["loss_sums"])
         self.loss_counts.copy_(state["loss_counts"])

@@ -158,7 +158,10 @@ def _tuner(spec: StudySpec, storage: str) -> Tuner:
             name=spec.name,
             storage_path=storage,
             failure_config=FailureConfig(max_failures=spec.tune.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # Keep every checkpoint: with num_to_keep, Tune deletes old ones before its experiment
+            # snapshot names the new one, and a driver killed in between cannot resume (seen in CI).
+            # Checkpoints are small (parameters, optimizer, RNG states), so this costs little.
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
             callbacks=[_Progress(spec)],
             verbose=0,
         ),

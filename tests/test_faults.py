@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from study.config import load_spec
+from study.config import load_spec, parse_overrides
 from study.train import Trial
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.toml"
-OVERRIDES = ["relaxation=soft", "tau0=0.5", "steps=300", "eval_every=50", "tune.checkpoint_every=1"]
+# Long enough that the kill lands mid-run on a quiet machine, short enough for CI.
+OVERRIDES = ["relaxation=soft", "tau0=0.5", "steps=3000", "eval_every=500", "tune.checkpoint_every=1"]
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -34,13 +35,16 @@ def test_worker_sigkill_resumes_from_checkpoint_exactly(tmp_path):
     cmd = [sys.executable, "-m", "study.cli", "run", str(SMOKE), "--storage", str(storage), "--num-cpus", "2", "--name", "fault"]
     for item in OVERRIDES:
         cmd += ["--set", item]
-    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Tune syncs results to storage with its experiment snapshot (at least every 10 s by default);
+    # snapshot often so the test sees progress in time to kill mid-run.
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0.5"}
+    driver = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killed = None
     try:
         deadline = time.time() + 240
         while time.time() < deadline and driver.poll() is None:
             rows = _rows(storage / "fault")
-            if len(rows) >= 3 and rows[-1]["step"] < 300:  # two checkpoints written, training goes on
+            if len(rows) >= 3 and rows[-1]["step"] < 3000:  # checkpoints written, training goes on
                 killed = rows[-1]["pid"]
                 os.kill(killed, signal.SIGKILL)  # the trial's worker, a process this test's run started
                 break
@@ -55,11 +59,11 @@ def test_worker_sigkill_resumes_from_checkpoint_exactly(tmp_path):
     rows = _rows(storage / "fault")
     pids = {r["pid"] for r in rows}
     assert killed in pids and len(pids) == 2, "the trial was not restarted in a new worker"
-    assert rows[-1]["step"] == 300
-    assert {r["step"] for r in rows} == {0, 50, 100, 150, 200, 250, 300}
+    assert rows[-1]["step"] == 3000
+    assert {r["step"] for r in rows} == set(range(0, 3001, 500))
 
     # The same trial, uninterrupted, in this process with the trainable's thread count.
-    spec = load_spec(SMOKE, {k: v for k, v in (i.split("=", 1) for i in OVERRIDES) if not k.startswith("tune.")} | {"tau0": 0.5, "steps": 300, "eval_every": 50})
+    spec = load_spec(SMOKE, parse_overrides(OVERRIDES))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

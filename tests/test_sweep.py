@@ -91,8 +91,11 @@ def test_resume_after_driver_killed(tmp_path, sig):
     """Kill (or interrupt) the driver once a trial has finished; --resume completes the study, keeps
     every finished trial's results as they were (not rerun), and every trial reaches its last step."""
     storage = tmp_path / "runs"
-    args = ["run", str(SMOKE), "--storage", str(storage), "--num-cpus", "2", "--set", "steps=200", "--set", "eval_every=50"]
-    driver = subprocess.Popen(_cli(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    args = ["run", str(SMOKE), "--storage", str(storage), "--num-cpus", "2", "--set", "steps=1000", "--set", "eval_every=250"]
+    # Tune syncs results to storage with its experiment snapshot (at least every 10 s by default);
+    # snapshot often so the test sees a finished trial while others still run.
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0.5"}
+    driver = subprocess.Popen(_cli(*args), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     experiment = storage / "smoke"
     finished_before: dict[str, list[dict]] = {}
     spawned: list[int] = []
@@ -101,7 +104,7 @@ def test_resume_after_driver_killed(tmp_path, sig):
         while time.time() < deadline and driver.poll() is None:
             spawned = sorted(set(spawned) | set(_children(driver.pid)))
             if experiment.exists():
-                done = {k: v for k, v in _results(experiment).items() if v and v[-1].get("step") == 200}
+                done = {k: v for k, v in _results(experiment).items() if v and v[-1].get("step") == 1000}
                 if done:
                     finished_before = done
                     break
@@ -127,7 +130,7 @@ def test_resume_after_driver_killed(tmp_path, sig):
         assert after[name] == rows, f"finished trial {name} was rerun or changed"
     for name, rows in after.items():
         steps = [r["step"] for r in rows]
-        assert steps[-1] == 200 and set(steps) == {0, 50, 100, 150, 200}, (name, steps)
+        assert steps[-1] == 1000 and set(steps) == {0, 250, 500, 750, 1000}, (name, steps)
     from ray.tune import ExperimentAnalysis
 
     assert {t.status for t in ExperimentAnalysis(str(experiment)).trials} == {"TERMINATED"}
