@@ -12,7 +12,6 @@ Bad input exits with code 2 and one line naming the key and the value; no traceb
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path

@@ -177,7 +177,6 @@ class StudySpec:
 
 # ---------------------------------------------------------------- typing and coercion
 
-_TRIAL_FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
 _TRIAL_TYPES = typing.get_type_hints(TrialConfig)
 
 
@@ -236,22 +235,20 @@ def _finite(x: float) -> bool:
     return math.isfinite(x)
 
 
-def validate_trial(cfg: TrialConfig, *, prefix: str = "", base_dir: Path | None = None) -> None:
+def validate_trial(cfg: TrialConfig, *, base_dir: Path | None = None) -> None:
     """Range checks of every field; ConfigError names the first bad one."""
-    p = prefix
-
     def positive_int(name: str, minimum: int = 1) -> None:
         v = getattr(cfg, name)
-        _check(v >= minimum, p + name, v, f"must be >= {minimum}")
+        _check(v >= minimum, name, v, f"must be >= {minimum}")
 
     def choice(name: str, options: tuple[str, ...]) -> None:
         v = getattr(cfg, name)
-        _check(v in options, p + name, v, f"must be one of {', '.join(options)}")
+        _check(v in options, name, v, f"must be one of {', '.join(options)}")
 
     def positive_float(name: str, allow_zero: bool = False) -> None:
         v = getattr(cfg, name)
         ok = _finite(v) and (v >= 0 if allow_zero else v > 0)
-        _check(ok, p + name, v, "must be a finite number " + (">= 0" if allow_zero else "> 0"))
+        _check(ok, name, v, "must be a finite number " + (">= 0" if allow_zero else "> 0"))
 
     positive_int("categories", 2)
     choice("generator", GENERATORS)
@@ -273,22 +270,22 @@ def validate_trial(cfg: TrialConfig, *, prefix: str = "", base_dir: Path | None 
     positive_int("batch_size", 2 if cfg.relaxation == "reinforce" else 1)
     positive_float("lr_g")
     positive_float("lr_d")
-    _check(_finite(cfg.label_smoothing) and 0 <= cfg.label_smoothing < 1, p + "label_smoothing", cfg.label_smoothing, "must be in [0, 1)")
+    _check(_finite(cfg.label_smoothing) and 0 <= cfg.label_smoothing < 1, "label_smoothing", cfg.label_smoothing, "must be in [0, 1)")
     positive_int("eval_every")
     for name in cfg.probe_estimators:
-        _check(name in ESTIMATORS and name != "exact", p + "probe_estimators", name, f"unknown estimator; known: {', '.join(RELAXATIONS)}")
+        _check(name in ESTIMATORS and name != "exact", "probe_estimators", name, f"unknown estimator; known: {', '.join(RELAXATIONS)}")
     positive_int("probe_estimates", 2)
     positive_int("probe_samples")
     positive_int("probe_points")
     for tau in cfg.probe_taus:
-        _check(_finite(tau) and tau > 0, p + "probe_taus", tau, "each must be a finite number > 0")
+        _check(_finite(tau) and tau > 0, "probe_taus", tau, "each must be a finite number > 0")
     positive_int("eval_samples", 2)
     positive_int("seed", 0)
     choice("dtype", DTYPES)
     choice("device", DEVICES)
     if cfg.schedule != "constant":
-        _check(cfg.tau_min <= cfg.tau0, p + "tau_min", cfg.tau_min, f"must be <= tau0={cfg.tau0!r} for an annealing schedule")
-    _check_target(cfg.target, cfg.categories, base_dir, p + "target")
+        _check(cfg.tau_min <= cfg.tau0, "tau_min", cfg.tau_min, f"must be <= tau0={cfg.tau0!r} for an annealing schedule")
+    _check_target(cfg.target, cfg.categories, base_dir, "target")
 
 
 @functools.lru_cache(maxsize=256)

@@ -105,6 +105,12 @@ class _Carver:
         return out
 
 
+def _take_all(carvers: list[_Carver], *shape: int) -> Tensor:
+    """The same cut from every group's row, stacked over the replica dim: [R, *shape]."""
+    parts = [c.take(*shape) for c in carvers]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 class Population:
     """R replicas of (generator, discriminator) trained in lockstep."""
 
@@ -250,7 +256,7 @@ class Population:
         if self.config.generator != "mlp":
             return None
         Z = self.config.gen_noise_dim
-        e = torch.cat([c.take(2, self.B, Z) for c in carvers]) if len(carvers) > 1 else carvers[0].take(2, self.B, Z)
+        e = _take_all(carvers, 2, self.B, Z)  # [R, 2, B, Z]
         return _normal_from_exponentials(e[:, 0], e[:, 1])  # [R, B, Z]
 
     def _fake(self, carvers: list[_Carver], tau: Tensor, *, train: bool) -> tuple[Tensor, Tensor]:
@@ -284,7 +290,7 @@ class Population:
 
     def _real(self, carvers: list[_Carver]) -> Tensor:
         """Real one-hots [R, B, K] (smoothed) from each replica's target."""
-        u = torch.cat([c.take(self.B) for c in carvers]) if len(carvers) > 1 else carvers[0].take(self.B)  # [R, B]
+        u = _take_all(carvers, self.B)  # [R, B]
         u = torch.exp(-u).clamp_min(torch.finfo(u.dtype).tiny)  # ~U(0, 1]
         index = torch.searchsorted(self._target_cdf, u.contiguous())  # [R, B]
         if self._stream_replicas:

@@ -143,10 +143,13 @@ class _Progress(tune.Callback):
         print(f"  failed {self._label(trial)} (retries left follow FailureConfig)", file=sys.stderr, flush=True)
 
 
+def _trainable_with_resources(spec: StudySpec):
+    return tune.with_resources(trainable, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
+
+
 def _tuner(spec: StudySpec, storage: str) -> Tuner:
-    resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
     return Tuner(
-        tune.with_resources(trainable, resources),
+        _trainable_with_resources(spec),
         param_space=param_space(spec),
         tune_config=TuneConfig(
             metric=spec.tune.metric,
@@ -196,8 +199,7 @@ def run_study(
         print("gumbel-study: Ray dashboard on http://127.0.0.1:8265", file=sys.stderr)
     print(f"gumbel-study: {spec.num_trials} trials x {spec.seeds} seeds -> {path}", file=sys.stderr)
     if resume:
-        resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
-        tuner = Tuner.restore(path, tune.with_resources(trainable, resources), resume_unfinished=True, resume_errored=True)
+        tuner = Tuner.restore(path, _trainable_with_resources(spec), resume_unfinished=True, resume_errored=True)
     else:
         tuner = _tuner(spec, storage)
     results = tuner.fit()

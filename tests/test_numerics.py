@@ -1,6 +1,5 @@
 """No NaN or inf at extreme temperatures and logits (float32), in samples, losses or gradients."""
 
-import dataclasses
 
 import pytest
 import torch
