@@ -16,6 +16,7 @@ Seeds are packed as replicas in one trial, so a grid of T configurations costs T
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -28,6 +29,7 @@ from typing import Any
 import ray
 import torch
 from ray import tune
+from ray._private import ray_constants
 from ray.tune import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 
 from study.config import ConfigError, StudySpec, TrialConfig
@@ -96,14 +98,42 @@ def _storage_path(storage: str) -> str:
     return str(path)
 
 
+# Ray's switch for its macOS/Windows default, where the node's address is 127.0.0.1 and so the
+# GCS, raylet, worker and agent gRPC servers listen on loopback only. On Linux it defaults to on,
+# and even `_node_ip_address="127.0.0.1"` is resolved back to the machine's address.
+_CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def _loopback_only():
+    """Start embedded Ray with every port on 127.0.0.1, then put the switch back.
+
+    Ray's child processes read the switch from the environment when they start; this process
+    imported ray already, so its cached constant is set too. Both are restored afterwards so that
+    a later `ray start` of a real cluster from this process is not refused as multi-node.
+    """
+    saved_env, saved_flag = os.environ.get(_CLUSTER_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_CLUSTER_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(_CLUSTER_SWITCH, None)
+        else:
+            os.environ[_CLUSTER_SWITCH] = saved_env
+
+
 def _init_ray(address: str | None, num_cpus: int | None, dashboard: bool = False) -> None:
     if ray.is_initialized():
         return
     if address:
         ray.init(address=address)
-    else:
-        # Embedded Ray on this machine. The dashboard (extra `dashboard`) is opt-in: its ten
-        # processes take about 1 GB, a third of a laptop study's memory. It binds to localhost only.
+        return
+    # Embedded Ray on this machine, reachable from it alone. The dashboard (extra `dashboard`) is
+    # opt-in: its ten processes take about 1 GB, a third of a laptop study's memory.
+    with _loopback_only():
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1")
 
 
