@@ -12,7 +12,6 @@ Bad input exits with code 2 and one line naming the key and the value; no traceb
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -90,8 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = _load(args, extra)
     from study import sweep
 
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    return sweep.run_study(spec, storage=args.storage, address=address, resume=args.resume, num_cpus=args.num_cpus, dashboard=args.dashboard)
+    return sweep.run_study(spec, storage=args.storage, address=args.address, resume=args.resume, num_cpus=args.num_cpus, dashboard=args.dashboard)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

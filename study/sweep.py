@@ -224,6 +224,7 @@ def run_study(
     started = time.time()
     # Checkpointing each trial every few evaluations is by design; Tune's sync warning is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    address = address or os.environ.get("RAY_ADDRESS")  # as `ray job submit` sets it
     _init_ray(address, num_cpus, dashboard)
     if dashboard and not address:
         print("gumbel-study: Ray dashboard on http://127.0.0.1:8265", file=sys.stderr)
