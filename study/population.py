@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from study.allocator import reuse_freed_memory
 from study.config import TrialConfig
 from study.estimators import estimate_gradients, exact_gradient
 from study.gumbel import conditional_gumbel, gumbel_from_exponential, one_hot, softmax, straight_through
@@ -111,6 +112,62 @@ def _take_all(carvers: list[_Carver], *shape: int) -> Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
+_CHUNK_BYTES = 2 << 20  # widest activation of one chunk of replicas: 4 and 1 MiB were slower (see _disc_step)
+_NARROW = 16  # input widths at or below this get their input gradient computed transposed
+
+
+class _Affine(torch.autograd.Function):
+    """x @ w + b per replica: [R, M, n] x [R, n, m] + [R, 1, m] -> [R, M, m].
+
+    Each product is laid out the way batched BLAS runs it fast (measured in benchmarks/README.md;
+    R = 64, M = 512, float32):
+    - m = 1, the output layer: a dot product forward and an outer product backward. As gemms
+      with one output column they ran at ~4 GFLOP/s, 1 ms each.
+    - n <= _NARROW, the input layer at K = 10: the input gradient as (w g^T)^T. A gemm with ten
+      output columns ran at 44 GFLOP/s, the transposed one at 112.
+    Gradients are computed only for inputs that require them: pass detached weights where only
+    the input's gradient is wanted (a custom Function cannot see which ones autograd.grad asks for).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        ctx.save_for_backward(x, w)
+        if w.shape[-1] == 1:
+            return torch.linalg.vecdot(x, w.transpose(1, 2)).unsqueeze(-1) + b  # [R, M, 1]
+        return torch.baddbmm(b, x, w)  # [R, M, m]
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # g: [R, M, m]
+        x, w = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        gx = gw = gb = None
+        if need_x:
+            if w.shape[-1] == 1:
+                gx = g * w.transpose(1, 2)  # [R, M, n]
+            elif w.shape[1] <= _NARROW:
+                gx = torch.bmm(w, g.transpose(1, 2)).transpose(1, 2)  # [R, M, n], strided
+            else:
+                gx = torch.bmm(g, w.transpose(1, 2))  # [R, M, n]
+        if need_w:
+            if w.shape[-1] == 1:
+                gw = torch.bmm(g.transpose(1, 2), x).transpose(1, 2)  # [R, n, 1]
+            else:
+                gw = torch.bmm(x.transpose(1, 2), g)  # [R, n, m]
+        if need_b:
+            gb = g.sum(dim=1, keepdim=True)  # [R, 1, m]
+        return gx, gw, gb
+
+
+def _disc_forward(x: Tensor, params: list[Tensor]) -> Tensor:
+    """The discriminator of r replicas: x [r, M, K] -> logits [r, M]; params [w1, b1, ...] sliced to r."""
+    h = x
+    for i in range(0, len(params), 2):
+        h = _Affine.apply(h, params[i], params[i + 1])  # [r, M, width]
+        if i + 2 < len(params):
+            h = F.leaky_relu_(h, 0.2)  # in place: h is _Affine's fresh output, which it does not save
+    return h.squeeze(-1)  # [r, M]
+
+
 class Population:
     """R replicas of (generator, discriminator) trained in lockstep."""
 
@@ -127,6 +184,8 @@ class Population:
             raise ValueError("a population needs at least one seed")
         self.config = config
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            reuse_freed_memory()  # every step frees and reallocates its activations
         self.dtype = getattr(torch, config.dtype)
         R, K, B = len(seeds), config.categories, config.batch_size
         self.R, self.K, self.B = R, K, B
@@ -233,17 +292,20 @@ class Population:
         return torch.baddbmm(b2, h, w2)  # [R, B, K]
 
     def disc_logits(self, y: Tensor, replica_dim: int = 0) -> Tensor:
-        """Discriminator logits for inputs y [..., R, ..., K] -> [..., R, ...] (the K dim removed)."""
+        """Discriminator logits for inputs y [..., R, ..., K] -> [..., R, ...] (the K dim removed).
+
+        Gradients reach y, never the discriminator's parameters (training uses _disc_step)."""
         replica_dim = replica_dim % y.ndim
         x = y.movedim(replica_dim, 0)  # [R, ..., K]
         rest = x.shape[1:-1]
-        h = x.reshape(self.R, -1, self.K)  # [R, M, K]
-        params = self.disc_params
-        for i in range(0, len(params), 2):
-            h = torch.baddbmm(params[i + 1], h, params[i])  # [R, M, width]
-            if i + 2 < len(params):
-                h = F.leaky_relu(h, 0.2)
-        return h.reshape(self.R, *rest).movedim(0, replica_dim)  # the replica dim back in place
+        out = _disc_forward(x.reshape(self.R, -1, self.K), [p.detach() for p in self.disc_params])  # [R, M]
+        return out.reshape(self.R, *rest).movedim(0, replica_dim)  # the replica dim back in place
+
+    def _chunks(self, rows: int) -> list[slice]:
+        """Replica slices whose widest activation ([r, rows, width]) stays within _CHUNK_BYTES."""
+        width = max(p.shape[-1] for p in self.disc_params)
+        size = max(1, _CHUNK_BYTES // (rows * width * self.dtype.itemsize))
+        return [slice(start, min(start + size, self.R)) for start in range(0, self.R, size)]
 
     def tau(self, step: int | None = None) -> Tensor:
         """Per-replica temperatures [R] at `step` (default: the current step)."""
@@ -313,10 +375,7 @@ class Population:
         real = self._real(carvers)
         with torch.no_grad():
             fake, _ = self._fake(carvers, tau, train=False)  # [R, B, K]
-        d_out = self.disc_logits(torch.cat([real, fake], dim=1))  # one pass over both halves, [R, 2B]
-        d_real, d_fake = d_out[:, : self.B], d_out[:, self.B :]  # [R, B] each
-        d_loss = (F.softplus(-d_real) + F.softplus(d_fake)).mean(dim=1)  # [R]
-        grads = torch.autograd.grad(d_loss.sum(), self.disc_params)
+        d_loss, grads = self._disc_step(torch.cat([real, fake], dim=1))  # [R], grads of its sum
         for p, g in zip(self.disc_params, grads):
             p.grad = g
         self.opt_d.step()
@@ -335,17 +394,48 @@ class Population:
             self.loss_counts += 1
         self.step += 1
 
+    def _disc_step(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """D loss [R] on x [R, 2B, K] (real half, then fake half) and its gradients w.r.t. D's parameters.
+
+        Forward and backward run chunk by chunk, so that a chunk's activations are still in cache
+        when its backward reads them."""
+        B = self.B
+        grads = [torch.empty_like(p) for p in self.disc_params]
+        losses = []
+        for sl in self._chunks(2 * B):
+            params = [p.detach()[sl].requires_grad_() for p in self.disc_params]
+            out = _disc_forward(x[sl], params)  # [r, 2B]
+            loss = (F.softplus(-out[:, :B]) + F.softplus(out[:, B:])).mean(dim=1)  # [r]
+            for full, g in zip(grads, torch.autograd.grad(loss.sum(), params)):
+                full[sl] = g
+            losses.append(loss.detach())
+        return torch.cat(losses), grads
+
     def _generator_loss(self, carvers: list[_Carver], tau: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-replica G loss [R] and the surrogate whose gradient trains the generator."""
+        """Per-replica G loss [R] and a surrogate [R] whose gradient w.r.t. the generator is the one
+        its relaxation estimates.
+
+        D's part of the gradient, dloss/dy, is computed chunk by chunk (see _disc_step) and then
+        sent through the sampling graph: the gradient of sum(y * dloss/dy) is the loss's."""
         y, logits = self._fake(carvers, tau, train=True)  # [R, B, K]
-        per_sample = F.softplus(-self.disc_logits(y))  # [R, B]
+        y_in = y.detach()
+        per_sample = torch.empty(self.R, self.B, dtype=y.dtype, device=y.device)  # [R, B]
+        grad_y = torch.zeros_like(y_in)  # [R, B, K]
+        params = [p.detach() for p in self.disc_params]
+        for sl in self._chunks(self.B):
+            y_c = y_in[sl].requires_grad_(y.requires_grad)  # [r, B, K]
+            with torch.set_grad_enabled(y.requires_grad):
+                f = F.softplus(-_disc_forward(y_c, [p[sl] for p in params]))  # [r, B]
+                if y.requires_grad:
+                    (grad_y[sl],) = torch.autograd.grad(f.mean(dim=1).sum(), y_c)
+            per_sample[sl] = f.detach()
         loss = per_sample.mean(dim=1)  # [R]
-        surrogate = loss
+        surrogate = (y * grad_y).sum(dim=(1, 2))  # [R]
         for group in self.groups:
             if group.relaxation != "reinforce":
                 continue
             sl = slice(group.start, group.stop)
-            f = per_sample[sl].detach()  # [Rg, B]
+            f = per_sample[sl]  # [Rg, B]
             baseline = (f.sum(dim=1, keepdim=True) - f) / (self.B - 1)  # leave-one-out, [Rg, B]
             log_p = (torch.log_softmax(logits[sl], dim=-1) * y[sl]).sum(dim=-1)  # log p(z), [Rg, B]
             score_loss = ((f - baseline) * log_p).mean(dim=1)  # [Rg]
