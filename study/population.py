@@ -158,13 +158,20 @@ class _Affine(torch.autograd.Function):
         return gx, gw, gb
 
 
+def _affine(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """x @ w + b per replica; _Affine where its layout pays, else autograd's own (less per-call overhead)."""
+    if w.shape[-1] == 1 or w.shape[1] <= _NARROW:
+        return _Affine.apply(x, w, b)  # [r, M, m]
+    return torch.baddbmm(b, x, w)  # [r, M, m]
+
+
 def _disc_forward(x: Tensor, params: list[Tensor]) -> Tensor:
     """The discriminator of r replicas: x [r, M, K] -> logits [r, M]; params [w1, b1, ...] sliced to r."""
     h = x
     for i in range(0, len(params), 2):
-        h = _Affine.apply(h, params[i], params[i + 1])  # [r, M, width]
+        h = _affine(h, params[i], params[i + 1])  # [r, M, width]
         if i + 2 < len(params):
-            h = F.leaky_relu_(h, 0.2)  # in place: h is _Affine's fresh output, which it does not save
+            h = F.leaky_relu_(h, 0.2)  # in place: neither _Affine nor baddbmm saves its output
     return h.squeeze(-1)  # [r, M]
 
 
@@ -400,9 +407,14 @@ class Population:
         Forward and backward run chunk by chunk, so that a chunk's activations are still in cache
         when its backward reads them."""
         B = self.B
+        chunks = self._chunks(2 * B)
+        if len(chunks) == 1:  # no slicing and copying: they cost a small population ~10% of its step
+            out = _disc_forward(x, self.disc_params)  # [R, 2B]
+            loss = (F.softplus(-out[:, :B]) + F.softplus(out[:, B:])).mean(dim=1)  # [R]
+            return loss.detach(), list(torch.autograd.grad(loss.sum(), self.disc_params))
         grads = [torch.empty_like(p) for p in self.disc_params]
         losses = []
-        for sl in self._chunks(2 * B):
+        for sl in chunks:
             params = [p.detach()[sl].requires_grad_() for p in self.disc_params]
             out = _disc_forward(x[sl], params)  # [r, 2B]
             loss = (F.softplus(-out[:, :B]) + F.softplus(out[:, B:])).mean(dim=1)  # [r]
@@ -411,26 +423,35 @@ class Population:
             losses.append(loss.detach())
         return torch.cat(losses), grads
 
-    def _generator_loss(self, carvers: list[_Carver], tau: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-replica G loss [R] and a surrogate [R] whose gradient w.r.t. the generator is the one
-        its relaxation estimates.
+    def _disc_on_fake(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """softplus(-D(y)) per sample [R, B] (no gradient), and a surrogate [R] whose gradient w.r.t.
+        the generator equals that of its mean over the batch.
 
-        D's part of the gradient, dloss/dy, is computed chunk by chunk (see _disc_step) and then
-        sent through the sampling graph: the gradient of sum(y * dloss/dy) is the loss's."""
-        y, logits = self._fake(carvers, tau, train=True)  # [R, B, K]
+        With several chunks, dloss/dy is computed chunk by chunk (see _disc_step) and then sent
+        through the sampling graph: the gradient of sum(y * dloss/dy) is the loss's."""
+        params = [p.detach() for p in self.disc_params]
+        chunks = self._chunks(self.B)
+        if len(chunks) == 1:
+            f = F.softplus(-_disc_forward(y, params))  # [R, B]
+            return f.detach(), f.mean(dim=1)
         y_in = y.detach()
         per_sample = torch.empty(self.R, self.B, dtype=y.dtype, device=y.device)  # [R, B]
         grad_y = torch.zeros_like(y_in)  # [R, B, K]
-        params = [p.detach() for p in self.disc_params]
-        for sl in self._chunks(self.B):
+        for sl in chunks:
             y_c = y_in[sl].requires_grad_(y.requires_grad)  # [r, B, K]
             with torch.set_grad_enabled(y.requires_grad):
                 f = F.softplus(-_disc_forward(y_c, [p[sl] for p in params]))  # [r, B]
                 if y.requires_grad:
                     (grad_y[sl],) = torch.autograd.grad(f.mean(dim=1).sum(), y_c)
             per_sample[sl] = f.detach()
+        return per_sample, (y * grad_y).sum(dim=(1, 2))
+
+    def _generator_loss(self, carvers: list[_Carver], tau: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-replica G loss [R] and a surrogate [R] whose gradient w.r.t. the generator is the one
+        its relaxation estimates."""
+        y, logits = self._fake(carvers, tau, train=True)  # [R, B, K]
+        per_sample, surrogate = self._disc_on_fake(y)  # [R, B], [R]
         loss = per_sample.mean(dim=1)  # [R]
-        surrogate = (y * grad_y).sum(dim=(1, 2))  # [R]
         for group in self.groups:
             if group.relaxation != "reinforce":
                 continue

@@ -68,6 +68,31 @@ def test_mixed_relaxations_match_their_single_runs(tmp_path):
         _assert_replica_equals_run_alone(pop, seed, alone_cfg)
 
 
+@pytest.mark.parametrize("case", list(CASES))
+def test_chunked_discriminator_passes_match_one_pass(tmp_path, case, monkeypatch):
+    """Large populations run D's forward and backward in chunks of replicas (and send dloss/dy
+    through the sampler in a second pass); forcing one replica per chunk must not change training,
+    and each replica must still equal its run alone (which takes the one-pass path)."""
+    import study.population as population
+
+    cfg = _config(tmp_path, **CASES[case])
+    seeds = [11, 12, 13]
+    settings = ReplicaSettings(relaxation=("soft", "hard", "reinforce")) if case == "logits-logistic-soft" else ReplicaSettings()
+    whole = Population(cfg, seeds, settings=settings)
+    whole.train(cfg.steps)
+    monkeypatch.setattr(population, "_CHUNK_BYTES", 1)  # one replica per chunk
+    chunked = Population(cfg, seeds, settings=settings)
+    assert len(chunked._chunks(cfg.batch_size)) == len(seeds)
+    chunked.train(cfg.steps)
+    for r in range(len(seeds)):
+        for got, want in zip(_params(chunked, r), _params(whole, r)):
+            torch.testing.assert_close(got, want, atol=EQUIVALENCE_ATOL, rtol=0)
+    torch.testing.assert_close(chunked.loss_sums, whole.loss_sums, atol=EQUIVALENCE_ATOL, rtol=0)
+    monkeypatch.undo()
+    if case != "logits-logistic-soft":
+        _assert_replica_equals_run_alone(chunked, seeds[1], cfg)
+
+
 def test_different_seeds_differ(tmp_path):
     cfg = _config(tmp_path)
     pop = Population(cfg, [0, 1])
