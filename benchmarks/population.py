@@ -13,11 +13,14 @@ nn.Linear K -> 64 -> 64 -> 1 with LeakyReLU(0.2), free logits as an nn.Parameter
 F.gumbel_softmax, one torch.optim.Adam each, zero_grad / backward / step, the same
 non-saturating losses (D: softplus(-D(real)) + softplus(D(fake)); G: softplus(-D(fake))), real
 samples from torch.multinomial. R seeds are R sequential runs of it, so its replica-steps/s is its
-steps/s, measured once per K. Ratio = population replica-steps/s / plain replica-steps/s.
+steps/s. Ratio = population replica-steps/s / plain replica-steps/s.
 
-Both sides use the same torch threads (torch's default unless --threads). Each cell (one R and
-K) picks its step count so that it takes about --cell-seconds in all; its rate is the median of
-3 repeats.
+Measured in rounds (`interleaved_cells`): for each K, one round times a repeat of the plain loop,
+of every population and of the sgemm peak, back to back; --rounds rounds (default 5). A ratio
+and a share are formed within each round and reported as the median over rounds, so that the
+machine's drift (tens of percent within minutes on a shared VM) does not land between the two
+sides of a ratio. Each side's step count makes one repeat last about --cell-seconds / (rounds + 1).
+Both sides use the same torch threads (torch's default unless --threads).
 
 Share of matmul peak. FLOPs counted per replica-step (the population's matmuls only: Adam, the
 softmax and the sampling are not counted). With widths w_0 = K, w_1..w_L (hidden), w_{L+1} = 1,
@@ -28,14 +31,15 @@ The backward actually needed is a little less: the D step needs no gradient of i
 no gradient of D's weights; with F_1 = 2 K w_1 (the first layer's forward FLOPs per sample):
     needed = 2 B (3 F - F_1) + g_steps * B * 2 F
 reported as `needed_gflops` in the JSON, for reference. Achieved FLOP/s = nominal x replica-steps/s;
-share = achieved / peak, where peak is common.matmul_peak_gflops(): a float32 2048^3 sgemm with
-every available CPU thread (the best of 5 repeats).
+share = achieved / peak, where peak is the round's float32 2048^3 sgemm rate with torch's threads
+(the best of 3 bursts of about 0.1 s).
 Goals (R = 64, K = 10): >= 5x the plain loop and >= 50% of peak (issue 7; issue 3: 4x and 40%).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -47,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.common import autonumber, machine_info, matmul_peak_gflops, measure, print_table, write_json
+from benchmarks.common import autonumber, machine_info, measure, print_table, write_json
 from study.config import TrialConfig
 from study.population import Population
 
@@ -163,15 +167,57 @@ def plain_cell(K: int, *, cell_s: float, repeats: int = 3, batch: int = BATCH, d
     return {"K": K, "steps": n, "rate": n / timing.median, "timing": timing.to_dict()}
 
 
+def interleaved_cells(
+    K: int,
+    replicas,
+    *,
+    cell_s: float,
+    rounds: int,
+    batch: int = BATCH,
+    device: str = "cpu",
+    peak_n: int = 2048,
+) -> tuple[dict, dict[int, dict], list[float]]:
+    """The plain loop, every population of this K and the sgemm peak, measured in alternation.
+
+    This machine's speed drifts by tens of percent within minutes (the plain loop read 445 to 632
+    steps/s in runs an hour apart). Each round times one repeat of every side back to back, so a
+    ratio or a share is formed from numbers of the same round; the reported value is the median
+    over rounds. Returns (plain, {R: population}, per-round peak GFLOP/s).
+    """
+    gan = PlainGAN(torch.full((K,), 1.0 / K), batch=batch, device=device)
+    pops = {R: Population(bench_config(K, batch=batch), seeds=list(range(R)), device=device) for R in replicas}
+    gen = torch.Generator(device=device).manual_seed(0)
+    a, b = (torch.randn(peak_n, peak_n, generator=gen, device=device) for _ in range(2))  # ~N(0, 1), [n, n]
+    out = torch.empty(peak_n, peak_n, device=device)
+    sgemm = lambda: torch.mm(a, b, out=out)  # noqa: E731
+    share = cell_s / (rounds + 1)  # one repeat of one side
+    n_plain = autonumber(gan.step, share, device=device, minimum=5)
+    n_pop = {R: autonumber(pop.train_step, share, device=device, minimum=5) for R, pop in pops.items()}
+    n_peak = autonumber(sgemm, 0.25, device=device, minimum=3)
+
+    def seconds(fn, n: int) -> float:  # per call, one repeat
+        return measure(fn, number=n, repeats=1, warmup=0, device=device).per_call[0]
+
+    plain_s, pop_s, peak_gflops = [], {R: [] for R in pops}, []
+    for _ in range(rounds):
+        plain_s.append(seconds(gan.step, n_plain))
+        for R, pop in pops.items():
+            pop_s[R].append(seconds(pop.train_step, n_pop[R]))
+        best = measure(sgemm, number=max(1, n_peak // 3), repeats=3, warmup=0, device=device).best  # the round's peak: its best burst
+        peak_gflops.append(2.0 * peak_n**3 / best / 1e9)
+    plain = {"K": K, "steps": n_plain, "per_step_s": plain_s, "rate": 1.0 / statistics.median(plain_s)}
+    populations = {R: {"R": R, "K": K, "steps": n_pop[R], "per_step_s": pop_s[R], "rate": R / statistics.median(pop_s[R])} for R in pops}
+    return plain, populations, peak_gflops
+
+
 def run(
     *,
     replicas=(1, 8, 64, 256),
     categories=(10, 100),
     batch: int = BATCH,
     cell_s: float = 2.0,
-    repeats: int = 3,
+    rounds: int = 5,
     device: str = "cpu",
-    peak: dict | None = None,
     peak_n: int = 2048,
     verbose: bool = True,
 ) -> dict:
@@ -179,34 +225,39 @@ def run(
         if verbose:
             print(msg, file=sys.stderr, flush=True)
 
-    if peak is None:
-        peak = matmul_peak_gflops(n=peak_n, device=device)
-        log(f"  matmul peak: {peak['gflops']:.4g} GFLOP/s ({peak['n']}^3 sgemm, {peak['threads'] or device} threads)")
-    rows = []
+    rows, peaks = [], []
     for K in categories:
-        plain = plain_cell(K, cell_s=cell_s, repeats=repeats, batch=batch, device=device)
-        log(f"  plain K={K}: {plain['rate']:.4g} steps/s")
+        plain, populations, peak_gflops = interleaved_cells(K, replicas, cell_s=cell_s, rounds=rounds, batch=batch, device=device, peak_n=peak_n)
+        peaks += peak_gflops
+        log(f"  plain K={K}: {plain['rate']:.4g} steps/s; matmul peak {statistics.median(peak_gflops):.4g} GFLOP/s in these rounds")
         flops = flops_per_replica_step(K, batch=batch)
-        for R in replicas:
-            cell = population_cell(R, K, cell_s=cell_s, repeats=repeats, batch=batch, device=device)
-            achieved = flops["nominal"] * cell["rate"] / 1e9
+        for R, cell in populations.items():
+            # Per round: this round's population rate against this round's plain rate and peak.
+            rates = [R / t for t in cell["per_step_s"]]
+            ratio = statistics.median(r * p for r, p in zip(rates, plain["per_step_s"]))
+            shares = [flops["nominal"] * r / 1e9 / peak for r, peak in zip(rates, peak_gflops)]
             row = {
                 "R": R,
                 "K": K,
                 "steps": cell["steps"],
                 "pop_rs_per_s": cell["rate"],
                 "plain_rs_per_s": plain["rate"],
-                "ratio": cell["rate"] / plain["rate"],
-                "gflops": achieved,
-                "peak_share": achieved / peak["gflops"],
+                "ratio": ratio,
+                "gflops": flops["nominal"] * cell["rate"] / 1e9,
+                "peak_share": statistics.median(shares),
+                "peak_share_range": [min(shares), max(shares)],
                 "needed_gflops": flops["needed"] * cell["rate"] / 1e9,
                 "flops_per_replica_step": flops,
-                "timing": cell["timing"],
-                "plain_timing": plain["timing"],
+                "per_step_s": cell["per_step_s"],
+                "plain_per_step_s": plain["per_step_s"],
                 "plain_steps": plain["steps"],
+                "peak_gflops_rounds": peak_gflops,
             }
             rows.append(row)
-            log(f"  population R={R} K={K}: {cell['rate']:.4g} replica-steps/s, {row['ratio']:.3g}x plain, {100 * row['peak_share']:.3g}% of peak")
+            log(f"  population R={R} K={K}: {cell['rate']:.4g} replica-steps/s, {row['ratio']:.3g}x plain, "
+                f"{100 * row['peak_share']:.3g}% of peak (rounds: {100 * min(shares):.3g}-{100 * max(shares):.3g}%)")
+    peak = {"gflops": statistics.median(peaks), "range": [min(peaks), max(peaks)], "n": peak_n, "device": device,
+            "threads": torch.get_num_threads() if device == "cpu" else None}
     goals = []
     goal_row = next((r for r in rows if (r["R"], r["K"]) == GOAL_CELL), None)
     if goal_row is not None:
@@ -218,7 +269,7 @@ def run(
         ]
     return {
         "benchmark": "population",
-        "settings": {"batch": batch, "disc": f"K->{WIDTH}x{DEPTH}->1", "cell_seconds": cell_s, "repeats": repeats, "device": device, "threads": torch.get_num_threads()},
+        "settings": {"batch": batch, "disc": f"K->{WIDTH}x{DEPTH}->1", "cell_seconds": cell_s, "rounds": rounds, "device": device, "threads": torch.get_num_threads()},
         "peak": peak,
         "rows": rows,
         "goals": goals,
@@ -231,7 +282,7 @@ def print_result(result: dict) -> None:
         [dict(r, peak_pct=100 * r["peak_share"]) for r in result["rows"]],
         ["R", "K", "steps", "pop_rs_per_s", "plain_rs_per_s", "ratio", "gflops", "peak_pct"],
         title=f"population: replica-steps/s, batch {s['batch']}, discriminator {s['disc']}, {s['device']}, {s['threads']} threads; "
-        f"matmul peak {peak['gflops']:.4g} GFLOP/s",
+        f"matmul peak {peak['gflops']:.4g} GFLOP/s (median of the rounds; {peak['range'][0]:.4g}-{peak['range'][1]:.4g})",
     )
     print("ratio = population replica-steps/s / plain single-replica loop steps/s; gflops = nominal matmul FLOPs (3x forward) x rate")
     for g in result["goals"]:
@@ -250,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--categories", type=_ints, default=[10, 100], help="comma-separated K values")
     p.add_argument("--batch", type=int, default=BATCH)
     p.add_argument("--cell-seconds", type=float, default=2.0, help="about how long each (R, K) cell runs")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of interleaved measurements per K")
     p.add_argument("--threads", type=int, help="torch threads for both sides (default: torch's default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--peak-n", type=int, default=2048, help="sgemm size for the matmul peak")
@@ -262,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         args.replicas, args.categories, args.cell_seconds, args.peak_n = [1, 8, 64], [10], 0.4, 1024
     result = run(
         replicas=args.replicas, categories=args.categories, batch=args.batch,
-        cell_s=args.cell_seconds, device=args.device, peak_n=args.peak_n,
+        cell_s=args.cell_seconds, rounds=args.rounds, device=args.device, peak_n=args.peak_n,
     )
     result["machine"] = machine_info()
     print_result(result)

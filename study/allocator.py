@@ -1,15 +1,18 @@
 """Keep freed tensor memory in the process for reuse (glibc only; elsewhere a no-op).
 
-A training step allocates and frees the same activations every time: at R = 64 replicas, a
-discriminator layer's output is [64, 512, 64] float32 = 8 MiB. glibc serves blocks that large
-with mmap and unmaps them on free (or trims them off the heap top), so every step faults its
-activations in again page by page: about 3,000 page faults and 8 ms of kernel time per 25 ms
-step at R = 64, and at R = 256 more than half of the step (benchmarks/README.md). Raising the
-mmap and trim thresholds keeps freed blocks in the heap, where the next step finds them.
+A training step allocates and frees the same activations every step: megabytes each (a chunk of
+a discriminator layer's output is [16, 512, 64] float32 = 2 MiB). glibc serves blocks that large
+with mmap and unmaps them on free, or trims them off the heap top, so each step faults its
+activations in again page by page. Measured before this module: about 3,000 page faults and
+8 ms of kernel time per 25 ms step at R = 64, and more than half of the step at R = 256
+(benchmarks/README.md); tests/test_population.py counts the faults with and without it.
+Raising the mmap and trim thresholds keeps freed blocks in the heap, where the next step finds them.
 
-The cost is that the process keeps its peak heap instead of returning it to the system, which
-a trial that repeats the same step does not notice. Settings the user gave glibc through its
-MALLOC_* environment variables are left alone.
+The cost is memory: freed blocks stay in the process. An evaluation (probes of 1000 estimates)
+allocates far more than a step and leaves holes in the heap that no trim threshold returns;
+release_freed_memory() hands every free page back after it (glibc's malloc_trim), and the next
+step faults its few megabytes in once. Without it the quick study's peak memory rose from 2.3 to
+3.4 GB. Settings the user gave glibc through its MALLOC_* environment variables are left alone.
 """
 
 from __future__ import annotations
@@ -19,11 +22,15 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "reuse_freed_memory"]
+__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "release_freed_memory", "reuse_freed_memory"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers, <malloc.h>
-MMAP_THRESHOLD = 256 << 20  # blocks below this come from the heap: a step's largest (R = 256) is 32 MiB
-TRIM_THRESHOLD = 512 << 20  # free memory kept at the heap top before it is given back
+# Blocks below this come from the heap. A training step's activations are chunked to 2 MiB
+# (population._CHUNK_BYTES); the largest whole-population tensors at R = 256 are a few MiB.
+# Larger blocks (evaluation probes) are still mapped and returned: 256 / 512 MiB here raised the
+# quick study's peak memory from 2.5 to 3.7 GB and made no step faster.
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 64 << 20  # free memory kept at the heap top before it is given back
 
 _applied: bool | None = None  # None: not tried yet
 
@@ -55,3 +62,11 @@ def reuse_freed_memory() -> bool:
     # mallopt returns 1 on success; a refused value leaves glibc's default in place.
     _applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _applied
+
+
+def release_freed_memory() -> None:
+    """Return free heap pages, including holes inside the heap, to the system (after evaluations)."""
+    if reuse_freed_memory():  # only where the thresholds were raised; glibc's defaults trim by themselves
+        libc = _libc()
+        if libc is not None:
+            libc.malloc_trim(0)

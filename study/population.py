@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from study.allocator import reuse_freed_memory
+from study.allocator import release_freed_memory, reuse_freed_memory
 from study.config import TrialConfig
 from study.estimators import estimate_gradients, exact_gradient
 from study.gumbel import conditional_gumbel, gumbel_from_exponential, one_hot, softmax, straight_through
@@ -503,6 +503,8 @@ class Population:
         for ladder_tau in cfg.probe_taus:
             metrics.update(self._probe_metrics(torch.full_like(tau, ladder_tau), f"ladder/{ladder_tau:g}"))
         finite = self.finite_replicas()  # [R]
+        if self.device.type == "cpu":
+            release_freed_memory()  # the probes' memory, which training does not reuse
         self.loss_sums.zero_()
         self.loss_counts.zero_()
         rows = []
