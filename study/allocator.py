@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
@@ -35,6 +36,7 @@ TRIM_THRESHOLD = 64 << 20  # free memory kept at the heap top before it is given
 _applied: bool | None = None  # None: not tried yet
 
 
+@functools.cache  # find_library runs `ldconfig -p` (1.5 ms); evaluations call this every time
 def _libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
@@ -66,7 +68,5 @@ def reuse_freed_memory() -> bool:
 
 def release_freed_memory() -> None:
     """Return free heap pages, including holes inside the heap, to the system (after evaluations)."""
-    if reuse_freed_memory():  # only where the thresholds were raised; glibc's defaults trim by themselves
-        libc = _libc()
-        if libc is not None:
-            libc.malloc_trim(0)
+    if reuse_freed_memory():  # only where the thresholds were raised (so glibc is there); its defaults trim by themselves
+        _libc().malloc_trim(0)
