@@ -175,6 +175,11 @@ def _disc_forward(x: Tensor, params: list[Tensor]) -> Tensor:
     return h.squeeze(-1)  # [r, M]
 
 
+def _d_loss(out: Tensor, B: int) -> Tensor:
+    """Non-saturating D loss per replica from logits [r, 2B] (real half, then fake half) -> [r]."""
+    return (F.softplus(-out[:, :B]) + F.softplus(out[:, B:])).mean(dim=1)
+
+
 class Population:
     """R replicas of (generator, discriminator) trained in lockstep."""
 
@@ -409,15 +414,13 @@ class Population:
         B = self.B
         chunks = self._chunks(2 * B)
         if len(chunks) == 1:  # no slicing and copying: they cost a small population ~10% of its step
-            out = _disc_forward(x, self.disc_params)  # [R, 2B]
-            loss = (F.softplus(-out[:, :B]) + F.softplus(out[:, B:])).mean(dim=1)  # [R]
+            loss = _d_loss(_disc_forward(x, self.disc_params), B)  # [R]
             return loss.detach(), list(torch.autograd.grad(loss.sum(), self.disc_params))
         grads = [torch.empty_like(p) for p in self.disc_params]
         losses = []
         for sl in chunks:
             params = [p.detach()[sl].requires_grad_() for p in self.disc_params]
-            out = _disc_forward(x[sl], params)  # [r, 2B]
-            loss = (F.softplus(-out[:, :B]) + F.softplus(out[:, B:])).mean(dim=1)  # [r]
+            loss = _d_loss(_disc_forward(x[sl], params), B)  # [r]
             for full, g in zip(grads, torch.autograd.grad(loss.sum(), params)):
                 full[sl] = g
             losses.append(loss.detach())
