@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from proc_tree import process_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,27 +90,6 @@ ray.shutdown()
 """
 
 
-def _descendants(root: int) -> dict[int, str]:
-    """{pid: command name} for root and every process below it, from /proc."""
-    parent, name = {}, {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # exited while we looked
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-        parent[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
-        name[int(entry.name)] = stat[stat.index("(") + 1:stat.rindex(")")]
-    found, frontier = {root}, [root]
-    while frontier:
-        children = [pid for pid, ppid in parent.items() if ppid in frontier and pid not in found]
-        found.update(children)
-        frontier = children
-    return {pid: name.get(pid, "?") for pid in found}
-
-
 def _socket_inodes(pid: int) -> set[str]:
     inodes = set()
     try:
@@ -154,7 +134,7 @@ def test_embedded_ray_listens_on_loopback_only():
             proc.wait(timeout=60)
             pytest.fail(f"embedded Ray did not start:\n{proc.stderr.read()[-3000:]}")
         seen = json.loads(line)
-        processes = _descendants(proc.pid)
+        processes = process_tree(proc.pid)
         listening = _listening()
         bound = [(processes[pid], *listening[inode]) for pid in processes for inode in _socket_inodes(pid) if inode in listening]
     finally:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from proc_tree import process_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.toml"
@@ -76,22 +77,8 @@ def _by_step(rows: list[dict]) -> dict[int, dict]:
 
 
 def _children(pid: int) -> list[int]:
-    """Every live descendant of pid, from /proc (the processes the driver started)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    found, frontier = [], [pid]
-    while frontier:
-        current = frontier.pop()
-        kids = [p for p, parent in parents.items() if parent == current]
-        found += kids
-        frontier += kids
-    return found
+    """Every live descendant of pid (the processes the driver started)."""
+    return [p for p in process_tree(pid) if p != pid]
 
 
 def _kill(pids: list[int]) -> None:
