@@ -22,17 +22,22 @@ machine's drift (tens of percent within minutes on a shared VM) does not land be
 sides of a ratio. Each side's step count makes one repeat last about --cell-seconds / (rounds + 1).
 Both sides use the same torch threads (torch's default unless --threads).
 
-Share of matmul peak. FLOPs counted per replica-step (the population's matmuls only: Adam, the
-softmax and the sampling are not counted). With widths w_0 = K, w_1..w_L (hidden), w_{L+1} = 1,
-one forward pass of one sample costs F = 2 * sum_i w_i * w_{i+1} FLOPs, and forward + backward is
-counted as 3 F (the convention: backward = grad of inputs + grad of weights, each ~ forward):
-    nominal = 3 F * (2 B  [D step: real + fake]  +  g_steps * B  [G step: fake])
-The backward actually needed is a little less: the D step needs no gradient of its inputs, a G step
-no gradient of D's weights; with F_1 = 2 K w_1 (the first layer's forward FLOPs per sample):
-    needed = 2 B (3 F - F_1) + g_steps * B * 2 F
-reported as `needed_gflops` in the JSON, for reference. Achieved FLOP/s = nominal x replica-steps/s;
-share = achieved / peak, where peak is the round's float32 2048^3 sgemm rate with torch's threads
-(the best of 3 bursts of about 0.1 s).
+Share of matmul peak. FLOPs counted per replica-step, the matmuls only (Adam, the softmax and the
+sampling are not counted). With widths w_0 = K, w_1..w_L (hidden), w_{L+1} = 1, one forward pass
+of one sample costs F = 2 * sum_i w_i * w_{i+1} FLOPs; F_1 = 2 K w_1 is the first layer's part.
+- nominal, the GAN step as written (forward + backward counted as 3 F, the usual convention):
+      nominal = 3 F * (2 B  [D step: real + fake]  +  g_steps * B  [G step: fake])
+  Achieved GFLOP/s = nominal x replica-steps/s; `peak_pct` = that / peak. This is a model-FLOPs
+  utilisation: work the population avoids counts as done.
+- executed, what the population's matmuls actually run: the D step needs no input gradient of
+  its first layer and a G step no weight gradients of D; and when K < B the D step feeds the
+  real half (one-hots, B samples of at most K values) as the K unit vectors weighted by their
+  counts (Population._d_inputs), so it runs on d_rows = K + B rows instead of 2 B:
+      executed = d_rows (3 F - F_1) + g_steps * B * 2 F
+  `executed_pct` = executed x replica-steps/s / peak: the hardware's share.
+Rows with d_rows = 2B are the same population with distinct_rows=False (--full-batch), so the
+effect of the row reduction and the efficiency of the full-size matmuls are measured in the same run.
+Peak = the round's float32 2048^3 sgemm rate with torch's threads (the best of 3 bursts of ~0.1 s).
 Goals (R = 64, K = 10): >= 5x the plain loop and >= 50% of peak (issue 7; issue 3: 4x and 40%).
 """
 
@@ -136,16 +141,23 @@ class PlainGAN:
 # ---------------------------------------------------------------------- FLOPs
 
 
-def flops_per_replica_step(categories: int, *, width: int = WIDTH, depth: int = DEPTH, batch: int = BATCH, g_steps: int = 1) -> dict[str, float]:
-    """Matmul FLOPs of one replica-step (see the module docstring): nominal (3x forward) and needed."""
+def flops_per_replica_step(
+    categories: int, *, width: int = WIDTH, depth: int = DEPTH, batch: int = BATCH, g_steps: int = 1, distinct_rows: bool = True,
+) -> dict[str, float]:
+    """Matmul FLOPs of one replica-step (see the module docstring): nominal (the GAN step's 3x
+    forward on 2B + g_steps B samples) and executed (what the population's matmuls run: the
+    backward passes it needs, on the rows it feeds)."""
     widths = [categories] + [width] * depth + [1]
     macs = [a * b for a, b in zip(widths[:-1], widths[1:])]  # multiply-adds per sample, per layer
     fwd = 2.0 * sum(macs)  # forward FLOPs per sample
     first = 2.0 * macs[0]  # the first layer's share, whose input gradient the D step never needs
     nominal = 3.0 * fwd * (2 * batch + g_steps * batch)
-    d_needed = 2 * batch * (fwd + fwd + (fwd - first))  # forward + weight grads + input grads of layers 2..
-    g_needed = g_steps * batch * (fwd + fwd)  # forward + input grads (no weight grads for D)
-    return {"nominal": nominal, "needed": d_needed + g_needed, "forward_per_sample": fwd}
+    # The D step feeds the real half (one-hots) as K weighted rows when K < B (Population._d_inputs);
+    # the benchmark's fakes are soft, so their B rows stay.
+    d_rows = (min(categories, batch) if distinct_rows else batch) + batch
+    d_executed = d_rows * (fwd + fwd + (fwd - first))  # forward + weight grads + input grads of layers 2..
+    g_executed = g_steps * batch * (fwd + fwd)  # forward + input grads (no weight grads for D)
+    return {"nominal": nominal, "executed": d_executed + g_executed, "forward_per_sample": fwd, "d_rows": d_rows}
 
 
 # ---------------------------------------------------------------------- cells
@@ -176,37 +188,48 @@ def interleaved_cells(
     batch: int = BATCH,
     device: str = "cpu",
     peak_n: int = 2048,
-) -> tuple[dict, dict[int, dict], list[float]]:
+    full_batch=(),
+) -> tuple[dict, dict[tuple[int, bool], dict], list[float]]:
     """The plain loop, every population of this K and the sgemm peak, measured in alternation.
 
-    This machine's speed drifts by tens of percent within minutes (the plain loop read 445 to 632
+    This machine's speed drifts by tens of percent within minutes (the plain loop read 405 to 632
     steps/s in runs an hour apart). Each round times one repeat of every side back to back, so a
     ratio or a share is formed from numbers of the same round; the reported value is the median
-    over rounds. Returns (plain, {R: population}, per-round peak GFLOP/s).
+    over rounds. Populations are keyed (R, distinct_rows); the R in `full_batch` are also measured
+    with distinct_rows=False (all 2B rows through the D step). Returns (plain, populations,
+    per-round peak GFLOP/s).
     """
     gan = PlainGAN(torch.full((K,), 1.0 / K), batch=batch, device=device)
-    pops = {R: Population(bench_config(K, batch=batch), seeds=list(range(R)), device=device) for R in replicas}
+    keys = [(R, True) for R in replicas] + [(R, False) for R in full_batch if K < batch]
+    pops = {
+        (R, distinct): Population(bench_config(K, batch=batch), seeds=list(range(R)), device=device, distinct_rows=distinct)
+        for R, distinct in keys
+    }
     gen = torch.Generator(device=device).manual_seed(0)
     a, b = (torch.randn(peak_n, peak_n, generator=gen, device=device) for _ in range(2))  # ~N(0, 1), [n, n]
     out = torch.empty(peak_n, peak_n, device=device)
     sgemm = lambda: torch.mm(a, b, out=out)  # noqa: E731
     share = cell_s / (rounds + 1)  # one repeat of one side
     n_plain = autonumber(gan.step, share, device=device, minimum=5)
-    n_pop = {R: autonumber(pop.train_step, share, device=device, minimum=5) for R, pop in pops.items()}
+    n_pop = {key: autonumber(pop.train_step, share, device=device, minimum=5) for key, pop in pops.items()}
     n_peak = autonumber(sgemm, 0.25, device=device, minimum=3)
 
     def seconds(fn, n: int) -> float:  # per call, one repeat
         return measure(fn, number=n, repeats=1, warmup=0, device=device).per_call[0]
 
-    plain_s, pop_s, peak_gflops = [], {R: [] for R in pops}, []
+    plain_s, pop_s, peak_gflops = [], {key: [] for key in pops}, []
     for _ in range(rounds):
         plain_s.append(seconds(gan.step, n_plain))
-        for R, pop in pops.items():
-            pop_s[R].append(seconds(pop.train_step, n_pop[R]))
+        for key, pop in pops.items():
+            pop_s[key].append(seconds(pop.train_step, n_pop[key]))
         best = measure(sgemm, number=max(1, n_peak // 3), repeats=3, warmup=0, device=device).best  # the round's peak: its best burst
         peak_gflops.append(2.0 * peak_n**3 / best / 1e9)
     plain = {"K": K, "steps": n_plain, "per_step_s": plain_s, "rate": 1.0 / statistics.median(plain_s)}
-    populations = {R: {"R": R, "K": K, "steps": n_pop[R], "per_step_s": pop_s[R], "rate": R / statistics.median(pop_s[R])} for R in pops}
+    populations = {
+        (R, distinct): {"R": R, "K": K, "distinct_rows": distinct, "steps": n_pop[R, distinct], "per_step_s": pop_s[R, distinct],
+                        "rate": R / statistics.median(pop_s[R, distinct])}
+        for R, distinct in pops
+    }
     return plain, populations, peak_gflops
 
 
@@ -219,6 +242,7 @@ def run(
     rounds: int = 5,
     device: str = "cpu",
     peak_n: int = 2048,
+    full_batch=(GOAL_CELL[0],),
     verbose: bool = True,
 ) -> dict:
     def log(msg: str) -> None:
@@ -227,18 +251,23 @@ def run(
 
     rows, peaks = [], []
     for K in categories:
-        plain, populations, peak_gflops = interleaved_cells(K, replicas, cell_s=cell_s, rounds=rounds, batch=batch, device=device, peak_n=peak_n)
+        plain, populations, peak_gflops = interleaved_cells(
+            K, replicas, cell_s=cell_s, rounds=rounds, batch=batch, device=device, peak_n=peak_n,
+            full_batch=[R for R in full_batch if R in replicas],
+        )
         peaks += peak_gflops
         log(f"  plain K={K}: {plain['rate']:.4g} steps/s; matmul peak {statistics.median(peak_gflops):.4g} GFLOP/s in these rounds")
-        flops = flops_per_replica_step(K, batch=batch)
-        for R, cell in populations.items():
+        for (R, distinct), cell in populations.items():
+            flops = flops_per_replica_step(K, batch=batch, distinct_rows=distinct)
             # Per round: this round's population rate against this round's plain rate and peak.
             rates = [R / t for t in cell["per_step_s"]]
             ratio = statistics.median(r * p for r, p in zip(rates, plain["per_step_s"]))
             shares = [flops["nominal"] * r / 1e9 / peak for r, peak in zip(rates, peak_gflops)]
+            executed = [flops["executed"] * r / 1e9 / peak for r, peak in zip(rates, peak_gflops)]
             row = {
                 "R": R,
                 "K": K,
+                "d_rows": "K+B" if distinct and K < batch else "2B",
                 "steps": cell["steps"],
                 "pop_rs_per_s": cell["rate"],
                 "plain_rs_per_s": plain["rate"],
@@ -246,7 +275,8 @@ def run(
                 "gflops": flops["nominal"] * cell["rate"] / 1e9,
                 "peak_share": statistics.median(shares),
                 "peak_share_range": [min(shares), max(shares)],
-                "needed_gflops": flops["needed"] * cell["rate"] / 1e9,
+                "executed_gflops": flops["executed"] * cell["rate"] / 1e9,
+                "executed_share": statistics.median(executed),
                 "flops_per_replica_step": flops,
                 "per_step_s": cell["per_step_s"],
                 "plain_per_step_s": plain["per_step_s"],
@@ -254,18 +284,20 @@ def run(
                 "peak_gflops_rounds": peak_gflops,
             }
             rows.append(row)
-            log(f"  population R={R} K={K}: {cell['rate']:.4g} replica-steps/s, {row['ratio']:.3g}x plain, "
-                f"{100 * row['peak_share']:.3g}% of peak (rounds: {100 * min(shares):.3g}-{100 * max(shares):.3g}%)")
+            log(f"  population R={R} K={K} D rows {row['d_rows']}: {cell['rate']:.4g} replica-steps/s, {row['ratio']:.3g}x plain, "
+                f"{100 * row['peak_share']:.3g}% of peak (rounds: {100 * min(shares):.3g}-{100 * max(shares):.3g}%), "
+                f"executed {100 * row['executed_share']:.3g}%")
     peak = {"gflops": statistics.median(peaks), "range": [min(peaks), max(peaks)], "n": peak_n, "device": device,
             "threads": torch.get_num_threads() if device == "cpu" else None}
     goals = []
     goal_row = next((r for r in rows if (r["R"], r["K"]) == GOAL_CELL), None)
     if goal_row is not None:
+        cell = f"R={GOAL_CELL[0]}, K={GOAL_CELL[1]}"
         goals = [
-            {"goal": f"R={GOAL_CELL[0]}, K={GOAL_CELL[1]}: population / plain (issue 7)", "value": goal_row["ratio"], "target": GOAL_RATIO, "unit": "x", "met": goal_row["ratio"] >= GOAL_RATIO},
-            {"goal": f"R={GOAL_CELL[0]}, K={GOAL_CELL[1]}: population / plain (issue 3)", "value": goal_row["ratio"], "target": GOAL_RATIO_ISSUE3, "unit": "x", "met": goal_row["ratio"] >= GOAL_RATIO_ISSUE3},
-            {"goal": f"R={GOAL_CELL[0]}, K={GOAL_CELL[1]}: share of matmul peak (issue 7)", "value": goal_row["peak_share"], "target": GOAL_SHARE, "unit": "", "met": goal_row["peak_share"] >= GOAL_SHARE},
-            {"goal": f"R={GOAL_CELL[0]}, K={GOAL_CELL[1]}: share of matmul peak (issue 3)", "value": goal_row["peak_share"], "target": GOAL_SHARE_ISSUE3, "unit": "", "met": goal_row["peak_share"] >= GOAL_SHARE_ISSUE3},
+            {"goal": f"{cell}: population / plain (issue 7)", "value": goal_row["ratio"], "target": GOAL_RATIO, "unit": "x", "met": goal_row["ratio"] >= GOAL_RATIO},
+            {"goal": f"{cell}: population / plain (issue 3)", "value": goal_row["ratio"], "target": GOAL_RATIO_ISSUE3, "unit": "x", "met": goal_row["ratio"] >= GOAL_RATIO_ISSUE3},
+            {"goal": f"{cell}: share of matmul peak, nominal FLOPs (issue 7)", "value": goal_row["peak_share"], "target": GOAL_SHARE, "unit": "", "met": goal_row["peak_share"] >= GOAL_SHARE},
+            {"goal": f"{cell}: share of matmul peak, nominal FLOPs (issue 3)", "value": goal_row["peak_share"], "target": GOAL_SHARE_ISSUE3, "unit": "", "met": goal_row["peak_share"] >= GOAL_SHARE_ISSUE3},
         ]
     return {
         "benchmark": "population",
@@ -279,12 +311,13 @@ def run(
 def print_result(result: dict) -> None:
     s, peak = result["settings"], result["peak"]
     print_table(
-        [dict(r, peak_pct=100 * r["peak_share"]) for r in result["rows"]],
-        ["R", "K", "steps", "pop_rs_per_s", "plain_rs_per_s", "ratio", "gflops", "peak_pct"],
+        [dict(r, peak_pct=100 * r["peak_share"], executed_pct=100 * r["executed_share"]) for r in result["rows"]],
+        ["R", "K", "d_rows", "steps", "pop_rs_per_s", "plain_rs_per_s", "ratio", "gflops", "peak_pct", "executed_pct"],
         title=f"population: replica-steps/s, batch {s['batch']}, discriminator {s['disc']}, {s['device']}, {s['threads']} threads; "
         f"matmul peak {peak['gflops']:.4g} GFLOP/s (median of the rounds; {peak['range'][0]:.4g}-{peak['range'][1]:.4g})",
     )
-    print("ratio = population replica-steps/s / plain single-replica loop steps/s; gflops = nominal matmul FLOPs (3x forward) x rate")
+    print("ratio = population replica-steps/s / plain single-replica loop steps/s; gflops = nominal matmul FLOPs (3x forward on 2B + B samples) x rate;\n"
+          "peak_pct = gflops / peak; executed_pct = the FLOPs the population's matmuls run (d_rows: K+B = one-hot real half fed as K weighted rows) x rate / peak")
     for g in result["goals"]:
         value = f"{100 * g['value']:.3g}%" if g["unit"] == "" else f"{g['value']:.3g}x"
         target = f"{100 * g['target']:.3g}%" if g["unit"] == "" else f"{g['target']:.3g}x"
@@ -305,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch threads for both sides (default: torch's default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--peak-n", type=int, default=2048, help="sgemm size for the matmul peak")
+    p.add_argument("--full-batch", type=_ints, default=[GOAL_CELL[0]], help="R values also measured with all 2B rows through the D step (distinct_rows=False)")
     p.add_argument("--small", action="store_true", help="smoke size: R 1,8,64, K 10, short cells")
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
     args = p.parse_args(argv)
@@ -314,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         args.replicas, args.categories, args.cell_seconds, args.peak_n = [1, 8, 64], [10], 0.4, 1024
     result = run(
         replicas=args.replicas, categories=args.categories, batch=args.batch,
-        cell_s=args.cell_seconds, rounds=args.rounds, device=args.device, peak_n=args.peak_n,
+        cell_s=args.cell_seconds, rounds=args.rounds, device=args.device, peak_n=args.peak_n, full_batch=args.full_batch,
     )
     result["machine"] = machine_info()
     print_result(result)

@@ -10,6 +10,9 @@ Shapes: R replicas, B batch, K categories, Z generator noise, H hidden width.
   softplus(-D(fake)). Each outer step is one discriminator step, then `g_steps` generator steps.
 - Losses are summed over replicas, so each replica's gradient is that of its own loss, and one
   Adam over the stacked tensors equals R independent Adams (Adam is elementwise).
+- The D step's one-hot halves (the real samples; the fake ones too unless a replica is soft)
+  take at most K distinct values, so when K < B they are fed as the K unit vectors weighted by
+  their counts: the same loss and gradient from K rows instead of B (_d_inputs).
 
 Reproducibility: replica r owns a torch.Generator seeded with its seed. It draws the replica's
 initial parameters, then fills blocks of Exp(1) numbers (-log of uniforms) ([T, M]: T outer steps of M numbers,
@@ -175,9 +178,11 @@ def _disc_forward(x: Tensor, params: list[Tensor]) -> Tensor:
     return h.squeeze(-1)  # [r, M]
 
 
-def _d_loss(out: Tensor, B: int) -> Tensor:
-    """Non-saturating D loss per replica from logits [r, 2B] (real half, then fake half) -> [r]."""
-    return (F.softplus(-out[:, :B]) + F.softplus(out[:, B:])).mean(dim=1)
+def _d_loss(out: Tensor, weights: Tensor, n_real: int) -> Tensor:
+    """Non-saturating D loss per replica from logits [r, n + m] (n real rows, then m fake rows) and
+    each row's weight [r, n + m] -> [r]."""
+    per_row = torch.cat([F.softplus(-out[:, :n_real]), F.softplus(out[:, n_real:])], dim=1)  # [r, n + m]
+    return (per_row * weights).sum(dim=1)
 
 
 class Population:
@@ -191,7 +196,10 @@ class Population:
         settings: ReplicaSettings = ReplicaSettings(),
         device: torch.device | str = "cpu",
         targets: list[Target] | None = None,
+        distinct_rows: bool = True,
     ):
+        """`distinct_rows=False` feeds the D step all 2B rows even when K < B (see _d_inputs): the
+        same training, slower; for benchmarks and tests."""
         if not seeds:
             raise ValueError("a population needs at least one seed")
         self.config = config
@@ -241,6 +249,8 @@ class Population:
         self.opt_g = torch.optim.Adam(self.gen_params, lr=config.lr_g, fused=True)
         self.opt_d = torch.optim.Adam(self.disc_params, lr=config.lr_d, fused=True)
         self.groups = self._make_groups()
+        self.distinct_rows = distinct_rows and K < B  # one-hot halves of the D batch as K weighted rows
+        self._vertex_fakes = all(g.relaxation != "soft" for g in self.groups)  # D-step fakes are one-hots
         self.step = 0
         self.loss_sums = torch.zeros(2, R, **opts)  # [d, g] since the last evaluation
         self.loss_counts = torch.zeros(2, **opts)
@@ -316,7 +326,8 @@ class Population:
     def _chunks(self, rows: int) -> list[slice]:
         """Replica slices whose widest activation ([r, rows, width]) stays within _CHUNK_BYTES."""
         width = max(p.shape[-1] for p in self.disc_params)
-        size = max(1, _CHUNK_BYTES // (rows * width * self.dtype.itemsize))
+        most = max(1, _CHUNK_BYTES // (rows * width * self.dtype.itemsize))
+        size = -(-self.R // -(-self.R // most))  # as many chunks as needed, of equal size: no small tail
         return [slice(start, min(start + size, self.R)) for start in range(0, self.R, size)]
 
     def tau(self, step: int | None = None) -> Tensor:
@@ -362,8 +373,8 @@ class Population:
         y = parts[0] if len(parts) == 1 else torch.cat(parts)
         return y, logits
 
-    def _real(self, carvers: list[_Carver]) -> Tensor:
-        """Real one-hots [R, B, K] (smoothed) from each replica's target."""
+    def _real_index(self, carvers: list[_Carver]) -> Tensor:
+        """The categories of the real samples [R, B]: draws from each replica's target, or its stream."""
         u = _take_all(carvers, self.B)  # [R, B]
         u = torch.exp(-u).clamp_min(torch.finfo(u.dtype).tiny)  # ~U(0, 1]
         index = torch.searchsorted(self._target_cdf, u.contiguous())  # [R, B]
@@ -373,9 +384,41 @@ class Population:
                 pos = (self.stream_pos[r] + offsets) % stream.numel()
                 index[r] = stream[pos.to(stream.device)]  # arrival order, cycling
                 self.stream_pos[r] = (self.stream_pos[r] + self.B) % stream.numel()
-        real = one_hot(index.clamp_max(self.K - 1), self.K, self.dtype)  # [R, B, K]
+        return index.clamp_max(self.K - 1)
+
+    def _d_inputs(self, carvers: list[_Carver], tau: Tensor) -> tuple[Tensor, Tensor, int]:
+        """The discriminator step's inputs x [R, n + m, K] (n real rows, then m fake rows), the loss
+        weight of each row [R, n + m], and n.
+
+        Real samples are one-hots, and so are the fake ones of every relaxation but soft: B of them
+        take at most K distinct values. When K < B such a half is fed as the K unit vectors, each
+        weighted by how often it was drawn (count / B): the same loss and gradient as B rows weighted
+        1 / B, from K rows instead of B."""
+        B, K = self.B, self.K
+        dedup = self.distinct_rows
+        index = self._real_index(carvers)  # [R, B]
+        if dedup:
+            ones = torch.ones(index.shape, dtype=self.dtype, device=self.device)  # [R, B]
+            counts = torch.zeros(self.R, K, dtype=self.dtype, device=self.device).scatter_add_(1, index, ones)  # [R, K]
+            real, real_w = self._unit_rows(), counts / B  # [R, K, K], [R, K]
+        else:
+            real, real_w = one_hot(index, K, self.dtype), self._uniform_weights()  # [R, B, K], [R, B]
         eps = self.config.label_smoothing
-        return real * (1.0 - eps) + eps / self.K if eps > 0 else real
+        if eps > 0:
+            real = real * (1.0 - eps) + eps / K
+        with torch.no_grad():
+            fake, _ = self._fake(carvers, tau, train=False)  # [R, B, K]
+        if dedup and self._vertex_fakes:
+            fake, fake_w = self._unit_rows(), fake.sum(dim=1) / B  # [R, K, K], [R, K]
+        else:
+            fake_w = self._uniform_weights()  # [R, B]
+        return torch.cat([real, fake], dim=1), torch.cat([real_w, fake_w], dim=1), real.shape[1]
+
+    def _unit_rows(self) -> Tensor:
+        return torch.eye(self.K, dtype=self.dtype, device=self.device).expand(self.R, self.K, self.K)  # [R, K, K]
+
+    def _uniform_weights(self) -> Tensor:
+        return torch.full((self.R, self.B), 1.0 / self.B, dtype=self.dtype, device=self.device)  # [R, B]
 
     # ------------------------------------------------------------------ training
 
@@ -384,10 +427,8 @@ class Population:
         carvers = [_Carver(g.next_row(self.generators)) for g in self.groups]
         tau = self.tau()  # [R]
         # 1. discriminator
-        real = self._real(carvers)
-        with torch.no_grad():
-            fake, _ = self._fake(carvers, tau, train=False)  # [R, B, K]
-        d_loss, grads = self._disc_step(torch.cat([real, fake], dim=1))  # [R], grads of its sum
+        x, weights, n_real = self._d_inputs(carvers, tau)  # [R, n + m, K], [R, n + m]
+        d_loss, grads = self._disc_step(x, weights, n_real)  # [R], grads of its sum
         for p, g in zip(self.disc_params, grads):
             p.grad = g
         self.opt_d.step()
@@ -406,21 +447,20 @@ class Population:
             self.loss_counts += 1
         self.step += 1
 
-    def _disc_step(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """D loss [R] on x [R, 2B, K] (real half, then fake half) and its gradients w.r.t. D's parameters.
+    def _disc_step(self, x: Tensor, weights: Tensor, n_real: int) -> tuple[Tensor, list[Tensor]]:
+        """D loss [R] on x [R, n + m, K] (n real rows, then m fake rows, weighted: see _d_inputs) and its gradients w.r.t. D's parameters.
 
         Forward and backward run chunk by chunk, so that a chunk's activations are still in cache
         when its backward reads them."""
-        B = self.B
-        chunks = self._chunks(2 * B)
+        chunks = self._chunks(x.shape[1])
         if len(chunks) == 1:  # no slicing and copying: they cost a small population ~10% of its step
-            loss = _d_loss(_disc_forward(x, self.disc_params), B)  # [R]
+            loss = _d_loss(_disc_forward(x, self.disc_params), weights, n_real)  # [R]
             return loss.detach(), list(torch.autograd.grad(loss.sum(), self.disc_params))
         grads = [torch.empty_like(p) for p in self.disc_params]
         losses = []
         for sl in chunks:
             params = [p.detach()[sl].requires_grad_() for p in self.disc_params]
-            loss = _d_loss(_disc_forward(x[sl], params), B)  # [r]
+            loss = _d_loss(_disc_forward(x[sl], params), weights[sl], n_real)  # [r]
             for full, g in zip(grads, torch.autograd.grad(loss.sum(), params)):
                 full[sl] = g
             losses.append(loss.detach())
@@ -432,6 +472,8 @@ class Population:
 
         With several chunks, dloss/dy is computed chunk by chunk (see _disc_step) and then sent
         through the sampling graph: the gradient of sum(y * dloss/dy) is the loss's."""
+        if self.distinct_rows and self._vertex_fakes:
+            return self._disc_on_vertices(y)
         params = [p.detach() for p in self.disc_params]
         chunks = self._chunks(self.B)
         if len(chunks) == 1:
@@ -447,6 +489,20 @@ class Population:
                 if y.requires_grad:
                     (grad_y[sl],) = torch.autograd.grad(f.mean(dim=1).sum(), y_c)
             per_sample[sl] = f.detach()
+        return per_sample, (y * grad_y).sum(dim=(1, 2))
+
+    def _disc_on_vertices(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """_disc_on_fake for samples whose values are one-hots (every relaxation but soft): D and its
+        input gradient at the K unit vectors, gathered to the B samples (cheaper when K < B)."""
+        index = y.detach().argmax(dim=-1)  # [R, B]
+        units = self._unit_rows().clone().requires_grad_(y.requires_grad)  # [R, K, K]
+        with torch.set_grad_enabled(y.requires_grad):
+            f = F.softplus(-_disc_forward(units, [p.detach() for p in self.disc_params]))  # [R, K]
+            per_sample = f.detach().gather(1, index)  # [R, B]
+            if not y.requires_grad:  # reinforce: the sampler carries no gradient
+                return per_sample, per_sample.mean(dim=1)
+            (grad_units,) = torch.autograd.grad(f.sum(), units)  # dsoftplus(-D(e_k))/de_k, [R, K, K]
+        grad_y = grad_units.gather(1, index.unsqueeze(-1).expand(-1, -1, self.K)) / self.B  # [R, B, K]
         return per_sample, (y * grad_y).sum(dim=(1, 2))
 
     def _generator_loss(self, carvers: list[_Carver], tau: Tensor) -> tuple[Tensor, Tensor]:
