@@ -71,8 +71,11 @@ def summary_rows(results: dict[str, dict | None]) -> list[dict]:
                 goal = f">= {100 * g['target']:g}%" if unit == "%" else f">= {g['target']:g}x"
                 add("population", g["goal"], g["value"], goal, g["met"], unit)
             for r in result["rows"]:
-                if (r["R"], r["K"]) != (64, 10):
-                    add("population", f"R={r['R']}, K={r['K']}: population / plain ({100 * r['peak_share']:.3g}% of peak)", r["ratio"])
+                cell = f"R={r['R']}, K={r['K']}, D rows {r['d_rows']}"
+                if (r["R"], r["K"], r["d_rows"]) == (64, 10, "K+B"):
+                    add("population", f"{cell}: share of peak, executed FLOPs (info)", r["executed_share"], unit="%")
+                else:
+                    add("population", f"{cell}: population / plain ({100 * r['peak_share']:.3g}% of peak; executed {100 * r['executed_share']:.3g}%)", r["ratio"])
         elif name == "study":
             s = result["settings"]
             for g in result["goals"]:
