@@ -395,9 +395,8 @@ class Population:
         weighted by how often it was drawn (count / B): the same loss and gradient as B rows weighted
         1 / B, from K rows instead of B."""
         B, K = self.B, self.K
-        dedup = self.distinct_rows
         index = self._real_index(carvers)  # [R, B]
-        if dedup:
+        if self.distinct_rows:
             ones = torch.ones(index.shape, dtype=self.dtype, device=self.device)  # [R, B]
             counts = torch.zeros(self.R, K, dtype=self.dtype, device=self.device).scatter_add_(1, index, ones)  # [R, K]
             real, real_w = self._unit_rows(), counts / B  # [R, K, K], [R, K]
@@ -408,7 +407,7 @@ class Population:
             real = real * (1.0 - eps) + eps / K
         with torch.no_grad():
             fake, _ = self._fake(carvers, tau, train=False)  # [R, B, K]
-        if dedup and self._vertex_fakes:
+        if self.distinct_rows and self._vertex_fakes:
             fake, fake_w = self._unit_rows(), fake.sum(dim=1) / B  # [R, K, K], [R, K]
         else:
             fake_w = self._uniform_weights()  # [R, B]
@@ -448,7 +447,8 @@ class Population:
         self.step += 1
 
     def _disc_step(self, x: Tensor, weights: Tensor, n_real: int) -> tuple[Tensor, list[Tensor]]:
-        """D loss [R] on x [R, n + m, K] (n real rows, then m fake rows, weighted: see _d_inputs) and its gradients w.r.t. D's parameters.
+        """D loss [R] on x [R, n + m, K] (n real rows, then m fake rows, weighted: see _d_inputs) and
+        its gradients w.r.t. D's parameters.
 
         Forward and backward run chunk by chunk, so that a chunk's activations are still in cache
         when its backward reads them."""
