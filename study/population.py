@@ -5,7 +5,10 @@ Shapes: R replicas, B batch, K categories, Z generator noise, H hidden width.
 - Generator: free logits theta [R, K] (the original toy), or an MLP noise [R, B, Z] -> logits
   [R, B, K] with weights [R, Z, H], [R, H, K].
 - Discriminator: logistic regression (weights [R, K, 1]) or an MLP K -> width^depth -> 1, all
-  as batched matmuls (`torch.baddbmm`) over the replica dim.
+  as batched matmuls over the replica dim. Its forward and backward are written by hand
+  (_disc_forward, _disc_backward): training asks for exactly the gradients it needs, with the
+  loss's gradient in closed form and no autograd graph (1.26x per step at R = 64, K = 10);
+  probes differentiate through it as one autograd node (_Discriminator).
 - Non-saturating GAN loss: D minimises softplus(-D(real)) + softplus(D(fake)); G minimises
   softplus(-D(fake)). Each outer step is one discriminator step, then `g_steps` generator steps.
 - Losses are summed over replicas, so each replica's gradient is that of its own loss, and one
@@ -119,70 +122,96 @@ _CHUNK_BYTES = 2 << 20  # widest activation of one chunk of replicas: 4 and 1 Mi
 _NARROW = 16  # input widths at or below this get their input gradient computed transposed
 
 
-class _Affine(torch.autograd.Function):
-    """x @ w + b per replica: [R, M, n] x [R, n, m] + [R, 1, m] -> [R, M, m].
-
-    Each product is laid out the way batched BLAS runs it fast (measured in benchmarks/README.md;
-    R = 64, M = 512, float32):
-    - m = 1, the output layer: a dot product forward and an outer product backward. As gemms
-      with one output column they ran at ~4 GFLOP/s, 1 ms each.
-    - n <= _NARROW, the input layer at K = 10: the input gradient as (w g^T)^T. A gemm with ten
-      output columns ran at 44 GFLOP/s, the transposed one at 112.
-    Gradients are computed only for inputs that require them: pass detached weights where only
-    the input's gradient is wanted (a custom Function cannot see which ones autograd.grad asks for).
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, b: Tensor) -> Tensor:
-        ctx.save_for_backward(x, w)
-        if w.shape[-1] == 1:
-            return torch.linalg.vecdot(x, w.transpose(1, 2)).unsqueeze(-1) + b  # [R, M, 1]
-        return torch.baddbmm(b, x, w)  # [R, M, m]
-
-    @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # g: [R, M, m]
-        x, w = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
-        gx = gw = gb = None
-        if need_x:
-            if w.shape[-1] == 1:
-                gx = g * w.transpose(1, 2)  # [R, M, n]
-            elif w.shape[1] <= _NARROW:
-                gx = torch.bmm(w, g.transpose(1, 2)).transpose(1, 2)  # [R, M, n], strided
-            else:
-                gx = torch.bmm(g, w.transpose(1, 2))  # [R, M, n]
-        if need_w:
-            if w.shape[-1] == 1:
-                gw = torch.bmm(g.transpose(1, 2), x).transpose(1, 2)  # [R, n, 1]
-            else:
-                gw = torch.bmm(x.transpose(1, 2), g)  # [R, n, m]
-        if need_b:
-            gb = g.sum(dim=1, keepdim=True)  # [R, 1, m]
-        return gx, gw, gb
+_SLOPE = 0.2  # LeakyReLU's negative slope
 
 
-def _affine(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
-    """x @ w + b per replica; _Affine where its layout pays, else autograd's own (less per-call overhead)."""
-    if w.shape[-1] == 1 or w.shape[1] <= _NARROW:
-        return _Affine.apply(x, w, b)  # [r, M, m]
-    return torch.baddbmm(b, x, w)  # [r, M, m]
-
-
-def _disc_forward(x: Tensor, params: list[Tensor]) -> Tensor:
-    """The discriminator of r replicas: x [r, M, K] -> logits [r, M]; params [w1, b1, ...] sliced to r."""
+def _disc_forward(x: Tensor, params: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """The discriminator of r replicas, by hand: x [r, M, K] -> logits [r, M], and the activations
+    [x, h_1, ..., h_L] that _disc_backward reads. params [w1, b1, ...] (sliced to r) are used as
+    given, so pass them detached: training computes its gradients with _disc_backward, and
+    probes go through _Discriminator."""
+    hs = [x]
     h = x
-    for i in range(0, len(params), 2):
-        h = _affine(h, params[i], params[i + 1])  # [r, M, width]
-        if i + 2 < len(params):
-            h = F.leaky_relu_(h, 0.2)  # in place: neither _Affine nor baddbmm saves its output
-    return h.squeeze(-1)  # [r, M]
+    for i in range(0, len(params) - 2, 2):
+        h = torch.baddbmm(params[i + 1], h, params[i])  # [r, M, width]
+        F.leaky_relu_(h, _SLOPE)  # in place: the backward reads the sign from the output
+        hs.append(h)
+    w, b = params[-2], params[-1]  # [r, H, 1], [r, 1, 1]
+    # The width-1 output layer as w^T h^T: as a gemm with one output column it ran at ~4 GFLOP/s.
+    out = torch.bmm(w.transpose(1, 2), h.transpose(1, 2)).squeeze(1).add_(b.view(-1, 1))  # [r, M]
+    return out, hs
 
 
-def _d_loss(out: Tensor, weights: Tensor, n_real: int) -> Tensor:
-    """Non-saturating D loss per replica from logits [r, n + m] (n real rows, then m fake rows) and
-    each row's weight [r, n + m] -> [r]."""
-    per_row = torch.cat([F.softplus(-out[:, :n_real]), F.softplus(out[:, n_real:])], dim=1)  # [r, n + m]
-    return (per_row * weights).sum(dim=1)
+def _disc_backward(
+    g_out: Tensor, hs: list[Tensor], params: list[Tensor], *, weights: bool, inputs: bool,
+) -> tuple[list[Tensor | None], Tensor | None]:
+    """Gradients of sum(g_out * logits) from dlogits g_out [r, M]: w.r.t. the parameters (when
+    `weights`, else Nones) and w.r.t. the input x [r, M, K] (when `inputs`, else None).
+
+    Only what is asked for is computed: the D step needs no input gradient, a G step no weight
+    gradients. The input gradient of a narrow first layer (K <= _NARROW) is computed as
+    (w g^T)^T: a gemm with ten output columns ran at 44 GFLOP/s, the transposed one at 112."""
+    grads: list[Tensor | None] = [None] * len(params)
+    if weights:
+        grads[-2] = torch.bmm(g_out.unsqueeze(1), hs[-1]).transpose(1, 2)  # [r, H, 1]
+        grads[-1] = g_out.sum(dim=1).view(-1, 1, 1)  # [r, 1, 1]
+    if not inputs and len(params) == 2:
+        return grads, None
+    g = g_out.unsqueeze(-1) * params[-2].transpose(1, 2)  # d/dh_L, [r, M, H]
+    for layer in reversed(range(len(params) // 2 - 1)):
+        torch.ops.aten.leaky_relu_backward.grad_input(g, hs[layer + 1], _SLOPE, True, grad_input=g)  # in place
+        if weights:
+            grads[2 * layer] = torch.bmm(hs[layer].transpose(1, 2), g)  # [r, n, m]
+            grads[2 * layer + 1] = g.sum(dim=1, keepdim=True)  # [r, 1, m]
+        if layer == 0 and not inputs:
+            return grads, None
+        w = params[2 * layer]  # [r, n, m]
+        g = torch.bmm(w, g.transpose(1, 2)).transpose(1, 2) if w.shape[1] <= _NARROW else torch.bmm(g, w.transpose(1, 2))  # [r, M, n]
+    return grads, g
+
+
+class _Discriminator(torch.autograd.Function):
+    """The discriminator as one autograd node, for callers that differentiate through it (the
+    probes' f(y)): apply(x, *params) -> logits [r, M]."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, *params: Tensor) -> Tensor:
+        out, hs = _disc_forward(x, list(params))
+        ctx.save_for_backward(*hs, *params)
+        ctx.layers = len(hs)
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out: Tensor) -> tuple[Tensor | None, ...]:
+        saved = ctx.saved_tensors
+        hs, params = list(saved[: ctx.layers]), list(saved[ctx.layers :])
+        needs = ctx.needs_input_grad
+        grads, gx = _disc_backward(g_out.contiguous(), hs, params, weights=any(needs[1:]), inputs=needs[0])
+        return (gx, *grads)
+
+
+def _d_loss(out: Tensor, weights: Tensor, n_real: int) -> tuple[Tensor, Tensor]:
+    """Non-saturating D loss per replica [r] from logits [r, n + m] (n real rows, then m fake
+    rows) and each row's weight [r, n + m], and its gradient w.r.t. the logits [r, n + m].
+
+    With s = -1 for real rows and +1 for fake ones, loss = sum w softplus(s out), and
+    dloss/dout = s w sigmoid(s out)."""
+    signed = torch.cat([-out[:, :n_real], out[:, n_real:]], dim=1)  # s * out, [r, n + m]
+    loss = (F.softplus(signed) * weights).sum(dim=1)  # [r]
+    g_out = torch.sigmoid(signed).mul_(weights)  # [r, n + m]
+    g_out[:, :n_real].neg_()
+    return loss, g_out
+
+
+def _g_pass(y: Tensor, params: list[Tensor], B: int, *, inputs: bool) -> tuple[Tensor, Tensor | None]:
+    """softplus(-D(y)) per sample [r, B] and, when `inputs`, the gradient of its batch mean
+    w.r.t. y [r, B, K]: what the G step needs from D."""
+    out, hs = _disc_forward(y, params)  # [r, B]
+    per_sample = F.softplus(-out)
+    if not inputs:
+        return per_sample, None
+    g_out = torch.sigmoid(-out).mul_(-1.0 / B)  # d mean(softplus(-out)) / dout, [r, B]
+    return per_sample, _disc_backward(g_out, hs, params, weights=False, inputs=True)[1]
 
 
 class Population:
@@ -320,7 +349,7 @@ class Population:
         replica_dim = replica_dim % y.ndim
         x = y.movedim(replica_dim, 0)  # [R, ..., K]
         rest = x.shape[1:-1]
-        out = _disc_forward(x.reshape(self.R, -1, self.K), [p.detach() for p in self.disc_params])  # [R, M]
+        out = _Discriminator.apply(x.reshape(self.R, -1, self.K), *(p.detach() for p in self.disc_params))  # [R, M]
         return out.reshape(self.R, *rest).movedim(0, replica_dim)  # the replica dim back in place
 
     def _chunks(self, rows: int) -> list[slice]:
@@ -452,56 +481,59 @@ class Population:
 
         Forward and backward run chunk by chunk, so that a chunk's activations are still in cache
         when its backward reads them."""
+        params = [p.detach() for p in self.disc_params]
         chunks = self._chunks(x.shape[1])
         if len(chunks) == 1:  # no slicing and copying: they cost a small population ~10% of its step
-            loss = _d_loss(_disc_forward(x, self.disc_params), weights, n_real)  # [R]
-            return loss.detach(), list(torch.autograd.grad(loss.sum(), self.disc_params))
-        grads = [torch.empty_like(p) for p in self.disc_params]
+            return self._disc_step_chunk(x, params, weights, n_real)
+        grads = [torch.empty_like(p) for p in params]
         losses = []
         for sl in chunks:
-            params = [p.detach()[sl].requires_grad_() for p in self.disc_params]
-            loss = _d_loss(_disc_forward(x[sl], params), weights[sl], n_real)  # [r]
-            for full, g in zip(grads, torch.autograd.grad(loss.sum(), params)):
+            loss, chunk_grads = self._disc_step_chunk(x[sl], [p[sl] for p in params], weights[sl], n_real)  # [r]
+            for full, g in zip(grads, chunk_grads):
                 full[sl] = g
-            losses.append(loss.detach())
+            losses.append(loss)
         return torch.cat(losses), grads
+
+    @staticmethod
+    def _disc_step_chunk(x: Tensor, params: list[Tensor], weights: Tensor, n_real: int) -> tuple[Tensor, list[Tensor]]:
+        out, hs = _disc_forward(x, params)  # [r, n + m]
+        loss, g_out = _d_loss(out, weights, n_real)  # [r], [r, n + m]
+        grads, _ = _disc_backward(g_out, hs, params, weights=True, inputs=False)
+        return loss, grads
 
     def _disc_on_fake(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """softplus(-D(y)) per sample [R, B] (no gradient), and a surrogate [R] whose gradient w.r.t.
         the generator equals that of its mean over the batch.
 
-        With several chunks, dloss/dy is computed chunk by chunk (see _disc_step) and then sent
-        through the sampling graph: the gradient of sum(y * dloss/dy) is the loss's."""
+        dloss/dy is computed by hand, chunk by chunk (see _disc_step), and then sent through the
+        sampling graph: the gradient of sum(y * dloss/dy) is the loss's."""
         if self.distinct_rows and self._vertex_fakes:
             return self._disc_on_vertices(y)
         params = [p.detach() for p in self.disc_params]
+        y_in = y.detach()
         chunks = self._chunks(self.B)
         if len(chunks) == 1:
-            f = F.softplus(-_disc_forward(y, params))  # [R, B]
-            return f.detach(), f.mean(dim=1)
-        y_in = y.detach()
-        per_sample = torch.empty(self.R, self.B, dtype=y.dtype, device=y.device)  # [R, B]
-        grad_y = torch.zeros_like(y_in)  # [R, B, K]
-        for sl in chunks:
-            y_c = y_in[sl].requires_grad_(y.requires_grad)  # [r, B, K]
-            with torch.set_grad_enabled(y.requires_grad):
-                f = F.softplus(-_disc_forward(y_c, [p[sl] for p in params]))  # [r, B]
-                if y.requires_grad:
-                    (grad_y[sl],) = torch.autograd.grad(f.mean(dim=1).sum(), y_c)
-            per_sample[sl] = f.detach()
+            per_sample, grad_y = _g_pass(y_in, params, self.B, inputs=y.requires_grad)  # [R, B], [R, B, K]
+        else:
+            per_sample = torch.empty(self.R, self.B, dtype=y.dtype, device=y.device)  # [R, B]
+            grad_y = torch.empty_like(y_in) if y.requires_grad else None  # [R, B, K]
+            for sl in chunks:
+                per_sample[sl], g = _g_pass(y_in[sl], [p[sl] for p in params], self.B, inputs=y.requires_grad)
+                if g is not None:
+                    grad_y[sl] = g
+        if grad_y is None:  # reinforce: the sampler carries no gradient
+            return per_sample, per_sample.mean(dim=1)
         return per_sample, (y * grad_y).sum(dim=(1, 2))
 
     def _disc_on_vertices(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """_disc_on_fake for samples whose values are one-hots (every relaxation but soft): D and its
         input gradient at the K unit vectors, gathered to the B samples (cheaper when K < B)."""
         index = y.detach().argmax(dim=-1)  # [R, B]
-        units = self._unit_rows().clone().requires_grad_(y.requires_grad)  # [R, K, K]
-        with torch.set_grad_enabled(y.requires_grad):
-            f = F.softplus(-_disc_forward(units, [p.detach() for p in self.disc_params]))  # [R, K]
-            per_sample = f.detach().gather(1, index)  # [R, B]
-            if not y.requires_grad:  # reinforce: the sampler carries no gradient
-                return per_sample, per_sample.mean(dim=1)
-            (grad_units,) = torch.autograd.grad(f.sum(), units)  # dsoftplus(-D(e_k))/de_k, [R, K, K]
+        params = [p.detach() for p in self.disc_params]
+        f, grad_units = _g_pass(self._unit_rows(), params, 1, inputs=y.requires_grad)  # [R, K], [R, K, K]
+        per_sample = f.gather(1, index)  # [R, B]
+        if grad_units is None:  # reinforce: the sampler carries no gradient
+            return per_sample, per_sample.mean(dim=1)
         grad_y = grad_units.gather(1, index.unsqueeze(-1).expand(-1, -1, self.K)) / self.B  # [R, B, K]
         return per_sample, (y * grad_y).sum(dim=(1, 2))
 
