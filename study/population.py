@@ -120,8 +120,6 @@ def _take_all(carvers: list[_Carver], *shape: int) -> Tensor:
 
 _CHUNK_BYTES = 2 << 20  # widest activation of one chunk of replicas: 4 and 1 MiB were slower (see _disc_step)
 _NARROW = 16  # input widths at or below this get their input gradient computed transposed
-
-
 _SLOPE = 0.2  # LeakyReLU's negative slope
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from result_rows import result_rows
 
 from study.config import load_spec, parse_overrides
 from study.train import Trial
@@ -25,9 +26,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 def _rows(path: Path) -> list[dict]:
     files = list(path.glob("trainable*/result.json"))
-    if not files:
-        return []
-    return [json.loads(line) for line in files[0].read_text().splitlines() if line.strip()]
+    return result_rows(files[0]) if files else []
 
 
 def test_worker_sigkill_resumes_from_checkpoint_exactly(tmp_path):

@@ -1,6 +1,5 @@
 """The Ray Tune study end to end, with a real local Ray (2 CPUs), in subprocesses."""
 
-import json
 import os
 import signal
 import subprocess
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from proc_tree import process_tree
+from result_rows import result_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.toml"
@@ -25,11 +25,8 @@ def _cli(*args: str) -> list[str]:
 
 
 def _results(path: Path) -> dict[str, list[dict]]:
-    out = {}
-    for trial_dir in sorted(p for p in path.iterdir() if p.is_dir() and p.name.startswith("trainable")):
-        lines = (trial_dir / "result.json").read_text().splitlines() if (trial_dir / "result.json").exists() else []
-        out[trial_dir.name] = [json.loads(line) for line in lines if line.strip()]
-    return out
+    trial_dirs = sorted(p for p in path.iterdir() if p.is_dir() and p.name.startswith("trainable"))
+    return {d.name: result_rows(d / "result.json") for d in trial_dirs}
 
 
 def test_smoke_study_end_to_end(smoke_run):
