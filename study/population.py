@@ -184,7 +184,7 @@ class _Discriminator(torch.autograd.Function):
         saved = ctx.saved_tensors
         hs, params = list(saved[: ctx.layers]), list(saved[ctx.layers :])
         needs = ctx.needs_input_grad
-        grads, gx = _disc_backward(g_out.contiguous(), hs, params, weights=any(needs[1:]), inputs=needs[0])
+        grads, gx = _disc_backward(g_out, hs, params, weights=any(needs[1:]), inputs=needs[0])
         return (gx, *grads)
 
 
@@ -199,6 +199,14 @@ def _d_loss(out: Tensor, weights: Tensor, n_real: int) -> tuple[Tensor, Tensor]:
     g_out = torch.sigmoid(signed).mul_(weights)  # [r, n + m]
     g_out[:, :n_real].neg_()
     return loss, g_out
+
+
+def _d_pass(x: Tensor, params: list[Tensor], weights: Tensor, n_real: int) -> tuple[Tensor, list[Tensor]]:
+    """The D step's loss [r] on x [r, n + m, K] and its gradients w.r.t. the parameters."""
+    out, hs = _disc_forward(x, params)  # [r, n + m]
+    loss, g_out = _d_loss(out, weights, n_real)  # [r], [r, n + m]
+    grads, _ = _disc_backward(g_out, hs, params, weights=True, inputs=False)
+    return loss, grads
 
 
 def _g_pass(y: Tensor, params: list[Tensor], B: int, *, inputs: bool) -> tuple[Tensor, Tensor | None]:
@@ -413,6 +421,10 @@ class Population:
                 self.stream_pos[r] = (self.stream_pos[r] + self.B) % stream.numel()
         return index.clamp_max(self.K - 1)
 
+    def _next_carvers(self) -> list[_Carver]:
+        """One step's random numbers: each group's next row, to cut every draw of the step from."""
+        return [_Carver(g.next_row(self.generators)) for g in self.groups]
+
     def _d_inputs(self, carvers: list[_Carver], tau: Tensor) -> tuple[Tensor, Tensor, int]:
         """The discriminator step's inputs x [R, n + m, K] (n real rows, then m fake rows), the loss
         weight of each row [R, n + m], and n.
@@ -450,7 +462,7 @@ class Population:
 
     def train_step(self) -> None:
         """One outer step: a discriminator step, then g_steps generator steps, for every replica."""
-        carvers = [_Carver(g.next_row(self.generators)) for g in self.groups]
+        carvers = self._next_carvers()
         tau = self.tau()  # [R]
         # 1. discriminator
         x, weights, n_real = self._d_inputs(carvers, tau)  # [R, n + m, K], [R, n + m]
@@ -482,22 +494,15 @@ class Population:
         params = [p.detach() for p in self.disc_params]
         chunks = self._chunks(x.shape[1])
         if len(chunks) == 1:  # no slicing and copying: they cost a small population ~10% of its step
-            return self._disc_step_chunk(x, params, weights, n_real)
+            return _d_pass(x, params, weights, n_real)
         grads = [torch.empty_like(p) for p in params]
         losses = []
         for sl in chunks:
-            loss, chunk_grads = self._disc_step_chunk(x[sl], [p[sl] for p in params], weights[sl], n_real)  # [r]
+            loss, chunk_grads = _d_pass(x[sl], [p[sl] for p in params], weights[sl], n_real)  # [r]
             for full, g in zip(grads, chunk_grads):
                 full[sl] = g
             losses.append(loss)
         return torch.cat(losses), grads
-
-    @staticmethod
-    def _disc_step_chunk(x: Tensor, params: list[Tensor], weights: Tensor, n_real: int) -> tuple[Tensor, list[Tensor]]:
-        out, hs = _disc_forward(x, params)  # [r, n + m]
-        loss, g_out = _d_loss(out, weights, n_real)  # [r], [r, n + m]
-        grads, _ = _disc_backward(g_out, hs, params, weights=True, inputs=False)
-        return loss, grads
 
     def _disc_on_fake(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """softplus(-D(y)) per sample [R, B] (no gradient), and a surrogate [R] whose gradient w.r.t.
@@ -506,34 +511,38 @@ class Population:
         dloss/dy is computed by hand, chunk by chunk (see _disc_step), and then sent through the
         sampling graph: the gradient of sum(y * dloss/dy) is the loss's."""
         if self.distinct_rows and self._vertex_fakes:
-            return self._disc_on_vertices(y)
-        params = [p.detach() for p in self.disc_params]
-        y_in = y.detach()
-        chunks = self._chunks(self.B)
-        if len(chunks) == 1:
-            per_sample, grad_y = _g_pass(y_in, params, self.B, inputs=y.requires_grad)  # [R, B], [R, B, K]
+            per_sample, grad_y = self._disc_on_vertices(y)
         else:
-            per_sample = torch.empty(self.R, self.B, dtype=y.dtype, device=y.device)  # [R, B]
-            grad_y = torch.empty_like(y_in) if y.requires_grad else None  # [R, B, K]
-            for sl in chunks:
-                per_sample[sl], g = _g_pass(y_in[sl], [p[sl] for p in params], self.B, inputs=y.requires_grad)
-                if g is not None:
-                    grad_y[sl] = g
+            per_sample, grad_y = self._disc_on_samples(y)
         if grad_y is None:  # reinforce: the sampler carries no gradient
             return per_sample, per_sample.mean(dim=1)
         return per_sample, (y * grad_y).sum(dim=(1, 2))
 
-    def _disc_on_vertices(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        """_disc_on_fake for samples whose values are one-hots (every relaxation but soft): D and its
-        input gradient at the K unit vectors, gathered to the B samples (cheaper when K < B)."""
+    def _disc_on_samples(self, y: Tensor) -> tuple[Tensor, Tensor | None]:
+        """softplus(-D(y)) per sample [R, B] and dloss/dy [R, B, K] (None when y needs no gradient)."""
+        params = [p.detach() for p in self.disc_params]
+        y_in = y.detach()
+        chunks = self._chunks(self.B)
+        if len(chunks) == 1:
+            return _g_pass(y_in, params, self.B, inputs=y.requires_grad)  # [R, B], [R, B, K]
+        per_sample = torch.empty(self.R, self.B, dtype=y.dtype, device=y.device)  # [R, B]
+        grad_y = torch.empty_like(y_in) if y.requires_grad else None  # [R, B, K]
+        for sl in chunks:
+            per_sample[sl], g = _g_pass(y_in[sl], [p[sl] for p in params], self.B, inputs=y.requires_grad)
+            if g is not None:
+                grad_y[sl] = g
+        return per_sample, grad_y
+
+    def _disc_on_vertices(self, y: Tensor) -> tuple[Tensor, Tensor | None]:
+        """_disc_on_samples for samples whose values are one-hots (every relaxation but soft): D and
+        its input gradient at the K unit vectors, gathered to the B samples (cheaper when K < B)."""
         index = y.detach().argmax(dim=-1)  # [R, B]
         params = [p.detach() for p in self.disc_params]
         f, grad_units = _g_pass(self._unit_rows(), params, 1, inputs=y.requires_grad)  # [R, K], [R, K, K]
         per_sample = f.gather(1, index)  # [R, B]
-        if grad_units is None:  # reinforce: the sampler carries no gradient
-            return per_sample, per_sample.mean(dim=1)
-        grad_y = grad_units.gather(1, index.unsqueeze(-1).expand(-1, -1, self.K)) / self.B  # [R, B, K]
-        return per_sample, (y * grad_y).sum(dim=(1, 2))
+        if grad_units is None:
+            return per_sample, None
+        return per_sample, grad_units.gather(1, index.unsqueeze(-1).expand(-1, -1, self.K)) / self.B  # [R, B, K]
 
     def _generator_loss(self, carvers: list[_Carver], tau: Tensor) -> tuple[Tensor, Tensor]:
         """Per-replica G loss [R] and a surrogate [R] whose gradient w.r.t. the generator is the one

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from study.config import TrialConfig
-from study import population
 from study.population import Population, ReplicaSettings
 from study.train import Trial, load_state, save_state
 
@@ -105,9 +104,8 @@ def test_distinct_one_hot_rows_match_the_full_batch(tmp_path, case):
     full = Population(cfg, seeds, settings=settings, distinct_rows=False)
     dedup = Population(cfg, seeds, settings=settings)
     assert dedup.distinct_rows and not full.distinct_rows
-    carvers = lambda pop: [population._Carver(g.next_row(pop.generators)) for g in pop.groups]  # noqa: E731
-    x_full, _, _ = full._d_inputs(carvers(full), full.tau())
-    x_dedup, w_dedup, n_real = dedup._d_inputs(carvers(dedup), dedup.tau())
+    x_full, _, _ = full._d_inputs(full._next_carvers(), full.tau())
+    x_dedup, w_dedup, n_real = dedup._d_inputs(dedup._next_carvers(), dedup.tau())
     B, K = cfg.batch_size, cfg.categories
     assert x_full.shape[1] == 2 * B
     assert n_real == K and x_dedup.shape[1] == K + (K if dedup._vertex_fakes else B)
@@ -131,8 +129,7 @@ def test_generator_loss_on_vertices_matches_full_batch(tmp_path, relaxation):
     results = []
     for distinct in (False, True):
         pop = Population(cfg, [5, 6], distinct_rows=distinct)
-        carvers = [population._Carver(g.next_row(pop.generators)) for g in pop.groups]
-        loss, surrogate = pop._generator_loss(carvers, pop.tau())
+        loss, surrogate = pop._generator_loss(pop._next_carvers(), pop.tau())
         results.append((loss, torch.autograd.grad(surrogate.sum(), pop.gen_params)))
     (loss_full, grads_full), (loss_dedup, grads_dedup) = results
     # float64: the two differ only by summation order and by ST samples being vertex - s + s, not the vertex
@@ -270,9 +267,9 @@ def test_hand_written_discriminator_gradients(widths):
 @pytest.mark.parametrize("widths", DISCRIMINATORS)
 def test_hand_written_d_step_and_g_pass_match_autograd(widths):
     """The training paths, which skip autograd: the D loss with its closed-form dloss/dlogits and
-    the parameter gradients (_disc_step_chunk), and the G pass's per-sample loss and input gradient
+    the parameter gradients (_d_pass), and the G pass's per-sample loss and input gradient
     (_g_pass), against autograd on the reference discriminator; and nothing unasked is computed."""
-    from study.population import Population, _disc_backward, _disc_forward, _g_pass
+    from study.population import _d_pass, _disc_backward, _disc_forward, _g_pass
 
     gen = torch.Generator().manual_seed(7 * sum(widths))
     params = _discriminator_params(widths, gen)
@@ -280,7 +277,7 @@ def test_hand_written_d_step_and_g_pass_match_autograd(widths):
     x = torch.randn(3, 9, widths[0], generator=gen, dtype=torch.float64)
     weights = torch.rand(3, 9, generator=gen, dtype=torch.float64)
     n_real = 4
-    loss, grads = Population._disc_step_chunk(x, detached, weights, n_real)
+    loss, grads = _d_pass(x, detached, weights, n_real)
     out = _reference_discriminator(x, params)
     sign = torch.cat([-torch.ones(n_real), torch.ones(9 - n_real)]).to(torch.float64)
     ref = (torch.nn.functional.softplus(sign * out) * weights).sum(dim=1)
