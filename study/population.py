@@ -40,7 +40,8 @@ from study.allocator import release_freed_memory, reuse_freed_memory
 from study.config import TrialConfig
 from study.estimators import estimate_gradients, exact_gradient
 from study.gumbel import conditional_gumbel, gumbel_from_exponential, one_hot, softmax, straight_through
-from study.probes import STAT_NAMES, gradient_stats
+from study.evaluation import Evaluation, ProbeResult
+from study.probes import gradient_stats
 from study.schedules import tau_tensor
 from study.targets import Target, parse_target
 
@@ -585,8 +586,8 @@ class Population:
         return torch.empty(*shape, dtype=self.dtype, device=self.device).exponential_(generator=self.eval_generator)
 
     @torch.no_grad()
-    def evaluate(self) -> list[dict]:
-        """Every metric of DESIGN.md "Metrics", one dict per replica, in seed order."""
+    def evaluate(self) -> Evaluation:
+        """Every metric of DESIGN.md "Metrics" for every replica (see study.evaluation)."""
         cfg = self.config
         tau = self.tau()  # [R]
         p = self.probabilities()  # [R, K]
@@ -597,23 +598,15 @@ class Population:
         metrics["loss/g"] = self.loss_sums[1] / counts[1]
         metrics.update(fit_metrics(p, q))
         metrics.update(self._sample_metrics(tau, p))
-        metrics.update(self._probe_metrics(tau, "grad"))
+        probes = self._probe_metrics(tau, "current")
         for ladder_tau in cfg.probe_taus:
-            metrics.update(self._probe_metrics(torch.full_like(tau, ladder_tau), f"ladder/{ladder_tau:g}"))
+            probes += self._probe_metrics(torch.full_like(tau, ladder_tau), "ladder")
         finite = self.finite_replicas()  # [R]
         if self.device.type == "cpu":
             release_freed_memory()  # the probes' memory, which training does not reuse
         self.loss_sums.zero_()
         self.loss_counts.zero_()
-        rows = []
-        cpu = {k: v.detach().cpu() for k, v in metrics.items()}
-        for r in sorted(range(self.R), key=lambda i: self.seeds[i]):
-            row = {"seed": self.seeds[r], "step": self.step, "relaxation": self.relaxations[r], "target": self.targets[r].spec}
-            row.update({k: float(v[r]) for k, v in cpu.items()})
-            row["fit/probs"] = [float(x) for x in p[r].cpu()]
-            row["diverged"] = not bool(finite[r])
-            rows.append(row)
-        return rows
+        return Evaluation(step=self.step, seeds=list(self.seeds), metrics=metrics, probs=p, diverged=~finite, probes=probes)
 
     @torch.no_grad()
     def finite_replicas(self) -> Tensor:
@@ -639,7 +632,7 @@ class Population:
             "sample/mean_bias": (emitted - vertex).mean(dim=1).abs().sum(dim=-1),
         }
 
-    def _probe_metrics(self, tau: Tensor, prefix: str) -> dict[str, Tensor]:
+    def _probe_metrics(self, tau: Tensor, source: str) -> list[ProbeResult]:
         """Each probed estimator against the exact gradient of E[G loss] w.r.t. the logits."""
         cfg = self.config
         if cfg.generator == "logits":
@@ -651,7 +644,7 @@ class Population:
             tau_b = tau.view(-1, 1, 1)  # [R, 1, 1]
             f = lambda y: F.softplus(-self.disc_logits(y, replica_dim=-3))  # [..., R, P, K] -> [..., R, P]  # noqa: E731
         exact = exact_gradient(logits, f)  # [R, (P,) K]
-        out: dict[str, Tensor] = {}
+        out: list[ProbeResult] = []
         for name in cfg.probe_estimators:
             options = {"k": cfg.gumbel_rao_k} if name == "gumbel_rao" else {}
             with torch.enable_grad():
@@ -660,10 +653,9 @@ class Population:
                     samples_per_estimate=cfg.probe_samples, generator=self.eval_generator, **options,
                 )  # [N, R, (P,) K]
             stats = gradient_stats(est, exact)  # each [R, (P,)]
-            for stat in STAT_NAMES:
-                value = stats[stat]
-                out[f"{prefix}/{name}/{stat}"] = value if value.ndim == 1 else value.nanmean(dim=1)
-            out[f"{prefix}/{name}/n"] = torch.full((self.R,), float(cfg.probe_estimates), dtype=self.dtype)
+            per_replica = {stat: v if v.ndim == 1 else v.nanmean(dim=1) for stat, v in stats.items()}  # [R]
+            per_replica["n"] = torch.full((self.R,), float(cfg.probe_estimates), dtype=self.dtype, device=self.device)
+            out.append(ProbeResult(name, source, tau, per_replica))
         return out
 
     # ------------------------------------------------------------------ state

@@ -2,13 +2,13 @@
 
 The only module in `study` that imports ray. The trainable is a plain function: a flat config
 dict in (the TrialConfig fields plus `seeds` and `checkpoint_every`), `study.train.Trial` does
-the work, `tune.report` sends every evaluation out. Each report holds:
+the work. Every evaluation goes out on two channels, each for its reader:
 
-- `step`, and every scalar metric as its mean over seeds under its own key (`fit/tv`, `tau`,
-  `grad/soft/bias2`, ...), its standard deviation under `std/<key>`, `seeds/count`,
-  `seeds/diverged`: what dashboards show;
-- `per_seed`: {"<seed>": {every metric of that seed, `fit/probs` included}}: what analysis uses
-  for confidence intervals. Tune writes it to result.json in the experiment's storage.
+- `tune.report`: the lean metrics of `study.train.lean_metrics` (means over seeds, seed counts,
+  the trained estimator's probe), about 20 keys: what dashboards, schedulers and searchers need.
+- the trial record (`study.record`): every seed's every metric and every probe, as parquet files
+  in the trial's directory, which Tune syncs to the experiment's storage (local or cloud) at every
+  checkpoint and when the trial ends. Analysis reads these.
 
 Seeds are packed as replicas in one trial, so a grid of T configurations costs T actors, and
 `reuse_actors` keeps them between trials.
@@ -30,10 +30,13 @@ import ray
 import torch
 from ray import tune
 from ray._private import ray_constants
-from ray.tune import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
+from ray.tune import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, SyncConfig, TuneConfig, Tuner
 
 from study.config import ConfigError, StudySpec, TrialConfig
-from study.train import Trial, aggregate, load_state, save_state
+from study.evaluation import Evaluation
+from study.provenance import append_session, session_info
+from study.record import write_evaluation, write_host
+from study.train import Trial, lean_metrics, load_state, save_state
 
 __all__ = ["param_space", "run_study", "trainable"]
 
@@ -58,16 +61,19 @@ def trainable(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             load_state(trial, directory)
+    directory = tune.get_context().get_trial_dir()  # synced to storage with the checkpoints
+    write_host(directory, trial.step, trial.population.device)
     every = int(config.get("checkpoint_every", 1))
     evaluations = {"count": 0}
 
-    def on_eval(step: int, rows: list[dict]) -> None:
-        metrics = {"step": step, **aggregate(rows), "per_seed": {str(r["seed"]): r for r in rows}}
+    def on_eval(evaluation: Evaluation) -> None:
+        write_evaluation(directory, evaluation, trial.time_s)
+        metrics = lean_metrics(evaluation, cfg.relaxation)
         evaluations["count"] += 1
-        if evaluations["count"] % every == 0 or step >= cfg.steps or trial.diverged:
-            with tempfile.TemporaryDirectory(prefix="gumbel-ckpt-") as directory:
-                save_state(trial, directory)
-                tune.report(metrics, checkpoint=Checkpoint.from_directory(directory))
+        if evaluations["count"] % every == 0 or evaluation.step >= cfg.steps or trial.diverged:
+            with tempfile.TemporaryDirectory(prefix="gumbel-ckpt-") as checkpoint_dir:
+                save_state(trial, checkpoint_dir)
+                tune.report(metrics, checkpoint=Checkpoint.from_directory(checkpoint_dir))
         else:
             tune.report(metrics)
 
@@ -195,6 +201,10 @@ def _tuner(spec: StudySpec, storage: str) -> Tuner:
             # snapshot names the new one, and a driver killed in between cannot resume (seen in CI).
             # Checkpoints are small (parameters, optimizer, RNG states), so this costs little.
             checkpoint_config=CheckpointConfig(num_to_keep=None),
+            # The trial record is written into each trial's directory: sync it with every
+            # checkpoint (and at the trial's end), so that a restored trial finds every row up to
+            # its checkpoint in storage and rewrites the rows after it.
+            sync_config=SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True),
             callbacks=[_Progress(spec)],
             verbose=0,
         ),
@@ -228,6 +238,8 @@ def run_study(
     _init_ray(address, num_cpus, dashboard)
     if dashboard and not address:
         print("gumbel-study: Ray dashboard on http://127.0.0.1:8265", file=sys.stderr)
+    session = session_info(spec.source, ray_version=ray.__version__, resources=ray.cluster_resources())
+    append_session(path, session)
     print(f"gumbel-study: {spec.num_trials} trials x {spec.seeds} seeds -> {path}", file=sys.stderr)
     if resume:
         tuner = Tuner.restore(path, _trainable_with_resources(spec), resume_unfinished=True, resume_errored=True)

@@ -7,23 +7,26 @@ from `gumbel-study train`.
 from __future__ import annotations
 
 import json
-import math
 import os
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from study.config import TrialConfig
-from study.population import Population, ReplicaSettings
+from study.evaluation import Evaluation
+from study.population import Population
+from study.provenance import append_session
+from study.record import write_evaluation, write_host, write_params
+from study.vocab import EVAL_KEYS, probe_key
 
 __all__ = [
     "Trial",
     "TrialDiverged",
-    "aggregate",
+    "lean_metrics",
     "load_state",
     "resolve_device",
     "run_local",
@@ -31,6 +34,7 @@ __all__ = [
 ]
 
 STATE_FILE = "state.pt"
+LEAN_PROBE_STATS = ("bias2", "variance", "mse")  # of the trained estimator, for dashboards
 
 
 class TrialDiverged(RuntimeError):
@@ -48,12 +52,13 @@ def resolve_device(name: str) -> torch.device:
 class Trial:
     """A population of `seeds` replicas of one trial config, evaluated on a fixed cadence."""
 
-    def __init__(self, config: TrialConfig, seeds: int, *, settings: ReplicaSettings = ReplicaSettings(), device: str | None = None):
+    def __init__(self, config: TrialConfig, seeds: int, *, device: str | None = None):
         self.config = config
         self.seeds = [config.seed + i for i in range(seeds)]
-        self.population = Population(config, self.seeds, settings=settings, device=resolve_device(device or config.device))
+        self.population = Population(config, self.seeds, device=resolve_device(device or config.device))
         self.last_eval = -1  # step of the last evaluation, -1 before the first
         self.diverged: str | None = None  # the reason, once a replica has diverged
+        self.time_s = 0.0  # seconds spent training and evaluating, over every session
 
     @property
     def step(self) -> int:
@@ -65,28 +70,30 @@ class Trial:
 
     def run(
         self,
-        on_eval: Callable[[int, list[dict]], None],
+        on_eval: Callable[[Evaluation], None],
         on_step: Callable[[int], None] | None = None,
     ) -> None:
         """Train to `config.steps`, evaluating at `config.evaluation_steps`; resumes after a restore.
 
-        `on_eval(step, rows)` gets one metrics dict per seed; it may checkpoint with `state_dict()`.
+        `on_eval(evaluation)` sees every evaluation; it may checkpoint with `state_dict()`.
         """
         if self.diverged:  # restored from the checkpoint written at divergence: retrying cannot help
             raise TrialDiverged(self.diverged)
         for point in self.config.evaluation_steps:
             if point <= self.last_eval:
                 continue
+            started = time.perf_counter()
             self.population.train(point - self.population.step, on_step)
-            rows = self.population.evaluate()
+            evaluation = self.population.evaluate()
+            self.time_s += time.perf_counter() - started
             self.last_eval = point
-            diverged = [row["seed"] for row in rows if row["diverged"]]
+            diverged = [seed for seed, bad in zip(evaluation.seeds, evaluation.diverged.tolist()) if bad]
             if diverged:
                 self.diverged = (
-                    f"seeds {diverged} diverged (non-finite parameters) by step {point} "
+                    f"seeds {sorted(diverged)} diverged (non-finite parameters) by step {point} "
                     f"(lr_g={self.config.lr_g}, lr_d={self.config.lr_d})"
                 )
-            on_eval(point, rows)
+            on_eval(evaluation)
             if self.diverged:
                 raise TrialDiverged(self.diverged)
 
@@ -95,6 +102,7 @@ class Trial:
             "population": self.population.state_dict(),
             "last_eval": self.last_eval,
             "diverged": self.diverged or "",
+            "time_s": self.time_s,
             "config": self.config.to_dict(),
         }
 
@@ -105,6 +113,7 @@ class Trial:
         self.population.load_state_dict(state["population"])
         self.last_eval = int(state["last_eval"])
         self.diverged = state.get("diverged") or None
+        self.time_s = float(state.get("time_s", 0.0))
 
 
 def save_state(trial: Trial, directory: str | Path) -> Path:
@@ -124,20 +133,26 @@ def load_state(trial: Trial, directory: str | Path) -> None:
     trial.load_state_dict(state)
 
 
-def _finite_values(rows: list[dict], key: str) -> list[float]:
-    return [float(r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+def _finite_mean(values: Tensor) -> float:
+    finite = values[torch.isfinite(values)]
+    return float(finite.double().mean()) if finite.numel() else float("nan")
 
 
-def aggregate(rows: list[dict]) -> dict[str, float]:
-    """Mean over seeds of every scalar metric (key), its spread (`std/<key>`), and counts."""
-    out: dict[str, float] = {}
-    keys = [k for k, v in rows[0].items() if isinstance(v, float)]
-    for key in keys:
-        values = _finite_values(rows, key)
-        out[key] = statistics.fmean(values) if values else float("nan")
-        out[f"std/{key}"] = statistics.stdev(values) if len(values) > 1 else 0.0
-    out["seeds/count"] = len(rows)
-    out["seeds/diverged"] = sum(bool(r["diverged"]) for r in rows)
+def lean_metrics(evaluation: Evaluation, relaxation: str) -> dict[str, float]:
+    """What Tune receives (DESIGN.md "Metrics"): means over seeds of the scalar metrics, the spread
+    of fit/tv, seed counts, and the trained estimator's probe at the current tau. About 20 keys,
+    whatever the number of seeds, estimators or ladder temperatures; the rest is in the record."""
+    out = {"step": evaluation.step}
+    for key in EVAL_KEYS:
+        out[key] = _finite_mean(evaluation.metrics[key])
+    tv = evaluation.metrics["fit/tv"]
+    out["std/fit/tv"] = float(tv.double().std()) if tv.numel() > 1 else 0.0
+    out["seeds/count"] = len(evaluation.seeds)
+    out["seeds/diverged"] = int(evaluation.diverged.sum())
+    for probe in evaluation.probes:
+        if probe.source == "current" and probe.estimator == relaxation:
+            for stat in LEAN_PROBE_STATS:
+                out[probe_key(relaxation, stat)] = _finite_mean(probe.stats[stat])
     return out
 
 
@@ -155,33 +170,32 @@ def run_local(
     seeds: int,
     out: str | Path,
     *,
+    session: dict[str, Any] | None = None,
     progress: bool = True,
-    echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run one trial without Ray. Writes DIR/metrics.jsonl (a line per seed per evaluation),
-    DIR/summary.json (final metrics per seed) and DIR/state.pt (the final state)."""
+    """Run one trial without Ray, writing the same trial record as a Tune trial (study.record):
+    OUT/params.json, OUT/record/, plus OUT/run.json (provenance, when `session` is given),
+    OUT/summary.json (final metrics per seed) and OUT/state.pt (the final state)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({"seeds": seeds, **config.to_dict()}, indent=2) + "\n")
+    if session is not None:
+        append_session(out, session)
+    write_params(out, {**config.to_dict(), "seeds": seeds})
     trial = Trial(config, seeds)
-    started = time.time()
+    write_host(out, trial.step, trial.population.device)
     final: list[dict] = []
     bar = _progress_bar(config.steps, progress)
-    metrics_path = out / "metrics.jsonl"
 
     def on_step(step: int) -> None:
         bar.update(1)
 
-    def on_eval(step: int, rows: list[dict]) -> None:
+    def on_eval(evaluation: Evaluation) -> None:
         nonlocal final
-        final = rows
-        with metrics_path.open("a") as fh:
-            for row in rows:
-                fh.write(json.dumps(row) + "\n")
-        agg = aggregate(rows)
-        bar.set_postfix(tau=f"{agg['tau']:.3g}", tv=f"{agg['fit/tv']:.3f}", refresh=False)
+        write_evaluation(out, evaluation, trial.time_s)
+        final = evaluation.rows()
+        lean = lean_metrics(evaluation, config.relaxation)
+        bar.set_postfix(tau=f"{lean['tau']:.3g}", tv=f"{lean['fit/tv']:.3f}", refresh=False)
 
-    metrics_path.write_text("")
     error = None
     try:
         trial.run(on_eval, on_step)
@@ -193,9 +207,8 @@ def run_local(
     summary = {
         "config": config.to_dict(),
         "steps": trial.step,
-        "wall_s": round(time.time() - started, 3),
+        "wall_s": round(trial.time_s, 3),
         "seeds": [_summary_row(row) for row in final],
-        "aggregate": aggregate(final) if final else {},
         "error": error,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -203,5 +216,4 @@ def run_local(
 
 
 def _summary_row(row: dict) -> dict:
-    keep = ("seed", "step", "tau", "fit/tv", "fit/js", "fit/kl", "fit/probs", "loss/d", "loss/g", "sample/vertex_gap", "sample/mean_bias", "diverged")
-    return {k: row[k] for k in keep}
+    return {k: row[k] for k in ("seed", "step", *EVAL_KEYS, "fit/probs", "diverged")}

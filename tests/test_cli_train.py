@@ -12,7 +12,7 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "study.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def test_train_writes_metrics_and_summary(tmp_path):
+def test_train_writes_the_trial_record_and_summary(tmp_path):
     numbers = tmp_path / "numbers.txt"
     numbers.write_text("0 1 2 3 4 5 6 7 8 9 10 11\n" * 5 + "3 3 3\n")
     out = tmp_path / "out"
@@ -28,10 +28,19 @@ def test_train_writes_metrics_and_summary(tmp_path):
         assert len(row["fit/probs"]) == 12 and abs(sum(row["fit/probs"]) - 1) < 1e-5
         assert 0 <= row["fit/tv"] <= 1
     assert summary["config"]["relaxation"] == "hard" and summary["config"]["target"] == f"stream:{numbers}"
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(lines) == 3 * 4  # 3 seeds x evaluations at 0, 10, 20, 30
-    assert {(r["seed"], r["step"]) for r in lines} == {(s, t) for s in range(3) for t in (0, 10, 20, 30)}
-    assert all("grad/gumbel_rao/bias2" in r and "ladder/0.5/soft/variance" in r for r in lines)
+    import pyarrow.parquet as pq
+
+    evals = [row for path in sorted((out / "record").glob("evals-*.parquet")) for row in pq.read_table(path).to_pylist()]
+    assert len(evals) == 3 * 4  # 3 seeds x evaluations at 0, 10, 20, 30
+    assert {(r["seed"], r["step"]) for r in evals} == {(s, t) for s in range(3) for t in (0, 10, 20, 30)}
+    probes = [row for path in sorted((out / "record").glob("probes-*.parquet")) for row in pq.read_table(path).to_pylist()]
+    keys = {(r["estimator"], r["source"], r["tau"] if r["source"] == "ladder" else None) for r in probes}
+    assert ("gumbel_rao", "current", None) in keys and ("soft", "ladder", 0.5) in keys
+    params = json.loads((out / "params.json").read_text())
+    assert params["seeds"] == 3 and params["relaxation"] == "hard"
+    session = json.loads((out / "run.json").read_text())["sessions"][0]
+    assert session["argv"][1] == "train" and "name = \"smoke\"" in session["spec_text"]
+    assert list((out / "record").glob("host-*.json"))
     assert (out / "state.pt").exists()
     assert "final tv: median" in proc.stdout
 

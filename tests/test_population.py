@@ -153,7 +153,7 @@ def test_checkpoint_restore_is_bit_identical(tmp_path, case):
     cfg = dataclasses.replace(_config(tmp_path, **CASES[case]), dtype="float32", steps=30, eval_every=10)
     full_rows: list = []
     full = Trial(cfg, 2)
-    full.run(lambda step, rows: full_rows.append(rows))
+    full.run(lambda ev: full_rows.append(ev.rows(probes=True)))
 
     first_rows: list = []
     interrupted = Trial(cfg, 2)
@@ -161,8 +161,8 @@ def test_checkpoint_restore_is_bit_identical(tmp_path, case):
     class Stop(Exception):
         pass
 
-    def stop_after_second_eval(step, rows):
-        first_rows.append(rows)
+    def stop_after_second_eval(ev):
+        first_rows.append(ev.rows(probes=True))
         if len(first_rows) == 2:  # evaluations at 0 and 10
             save_state(interrupted, tmp_path / "ckpt")
             raise Stop
@@ -173,7 +173,7 @@ def test_checkpoint_restore_is_bit_identical(tmp_path, case):
     load_state(resumed, tmp_path / "ckpt")
     assert resumed.step == 10
     resumed_rows: list = []
-    resumed.run(lambda step, rows: resumed_rows.append(rows))
+    resumed.run(lambda ev: resumed_rows.append(ev.rows(probes=True)))
     assert first_rows + resumed_rows == full_rows  # exact equality of every metric, probes included
     for a, b in zip(resumed.population.gen_params + resumed.population.disc_params, full.population.gen_params + full.population.disc_params):
         assert torch.equal(a, b)
@@ -193,7 +193,7 @@ def test_evaluate_reports_every_metric(tmp_path):
     cfg = _config(tmp_path, probe_taus=(0.3, 3.0))
     pop = Population(cfg, [0, 1])
     pop.train(3)
-    rows = pop.evaluate()
+    rows = pop.evaluate().rows(probes=True)
     assert [r["seed"] for r in rows] == [0, 1]
     for row in rows:
         for key in ("tau", "loss/d", "loss/g", "fit/tv", "fit/js", "fit/kl", "sample/vertex_gap", "sample/mean_bias"):

@@ -1,0 +1,171 @@
+"""The project's shared vocabulary, defined once: estimators, metric keys, grid axes, schedules.
+
+Torch-free and pandas-free, so that config (validation), study (training, probes, the trial
+record) and analysis (tables, figures) all import the same names. Adding an estimator is one
+`EstimatorInfo` entry here plus its implementation in `study.estimators`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ESTIMATORS_INFO",
+    "ESTIMATOR_NAMES",
+    "EVAL_KEYS",
+    "FIT_KEYS",
+    "GROUP_COLUMNS",
+    "LOSS_KEYS",
+    "PROBE_STATS",
+    "RELAXATIONS",
+    "SAMPLE_KEYS",
+    "SCHEDULES",
+    "STAT_NAMES",
+    "EstimatorInfo",
+    "MetricKey",
+    "estimator_label",
+    "parse_metric_key",
+    "probe_key",
+    "schedule_tau",
+]
+
+
+@dataclass(frozen=True)
+class EstimatorInfo:
+    """What the rest of the project needs to know about one gradient estimator."""
+
+    name: str  # registry key, spec value, metric-key component
+    label: str  # legend text
+    paper: str  # the reference it implements
+    formula: str  # one line, for the README table and docstrings
+    biased: bool  # biased for every tau > 0 (False: unbiased)
+    uses_tau: bool  # its estimate depends on the temperature
+    trains: bool = True  # usable as a training relaxation (`exact` is a probe reference only)
+    options: dict[str, Any] = field(default_factory=dict)  # option -> default
+    f_evals: int = 1  # evaluations of f per sample of an estimate
+    backward_passes: int = 1  # backward passes through f per sample (0: score function only)
+    marker: str = "o"  # matplotlib marker, stable across figures
+
+
+_INFOS = (
+    EstimatorInfo(
+        "soft", "soft (Gumbel-softmax)", "Jang et al. 2017; Maddison et al. 2017",
+        "∇θ f(softmax((θ + G)/τ))", biased=True, uses_tau=True, marker="o",
+    ),
+    EstimatorInfo(
+        "hard", "hard (straight-through)", "Jang et al. 2017",
+        "f at D = onehot(argmax(θ + G)), gradient through softmax((θ + G)/τ)", biased=True, uses_tau=True, marker="s",
+    ),
+    EstimatorInfo(
+        "gumbel_rao", "Gumbel-Rao", "Paulus et al. 2021",
+        "straight-through averaged over k Gumbels conditioned on D", biased=True, uses_tau=True,
+        options={"k": 10}, marker="D",
+    ),
+    EstimatorInfo(
+        "reinforce", "REINFORCE", "Williams 1992; leave-one-out baseline: Kool et al. 2019",
+        "(f(D) - b) ∇θ log p(D), b the mean of the other samples", biased=False, uses_tau=False,
+        backward_passes=0, marker="^",
+    ),
+    EstimatorInfo(
+        "exact", "exact", "enumeration over the K categories",
+        "Σ_k ∇θ p_k f(e_k)", biased=False, uses_tau=False, trains=False, backward_passes=0, marker="*",
+    ),
+)
+
+ESTIMATORS_INFO: dict[str, EstimatorInfo] = {info.name: info for info in _INFOS}
+ESTIMATOR_NAMES: tuple[str, ...] = tuple(ESTIMATORS_INFO)  # display order
+RELAXATIONS: tuple[str, ...] = tuple(name for name, info in ESTIMATORS_INFO.items() if info.trains)
+
+
+def estimator_label(name: str) -> str:
+    info = ESTIMATORS_INFO.get(name)
+    return info.label if info else name
+
+
+# ---------------------------------------------------------------------- metric keys
+
+FIT_KEYS = ("fit/tv", "fit/js", "fit/kl")
+LOSS_KEYS = ("loss/d", "loss/g")
+SAMPLE_KEYS = ("sample/vertex_gap", "sample/mean_bias")
+EVAL_KEYS = ("tau", *LOSS_KEYS, *FIT_KEYS, *SAMPLE_KEYS)  # the scalar metrics of one seed
+STAT_NAMES = ("bias2", "variance", "mse", "cosine", "rel_rmse", "bias2_floor")  # see study.probes
+PROBE_STATS = (*STAT_NAMES, "n")  # a probe's statistics plus its number of estimates
+
+_PROBE_KEY = re.compile(r"^(?:grad|ladder/(?P<tau>[^/]+))/(?P<est>[^/]+)/(?P<stat>[^/]+)$")
+
+
+@dataclass(frozen=True)
+class MetricKey:
+    """A parsed `grad/<est>/<stat>` (source "current") or `ladder/<tau>/<est>/<stat>` key."""
+
+    source: str  # "current": at the trial's own tau; "ladder": at a fixed tau
+    estimator: str
+    stat: str
+    tau: float | None  # the ladder's tau; None for "current"
+
+
+def probe_key(estimator: str, stat: str, tau: float | None = None) -> str:
+    """The metric key of a probe statistic: at the current tau (tau None) or a ladder tau."""
+    return f"grad/{estimator}/{stat}" if tau is None else f"ladder/{tau:g}/{estimator}/{stat}"
+
+
+def parse_metric_key(key: str) -> MetricKey | None:
+    """The probe a key names, or None when it is no probe key."""
+    match = _PROBE_KEY.match(key)
+    if not match or match.group("stat") not in PROBE_STATS:
+        return None
+    tau = match.group("tau")
+    try:
+        ladder_tau = None if tau is None else float(tau)
+    except ValueError:
+        return None
+    return MetricKey("current" if tau is None else "ladder", match.group("est"), match.group("stat"), ladder_tau)
+
+
+# ---------------------------------------------------------------------- grid axes
+
+# Trial fields that identify a configuration in tables: copied onto every evals / probes row.
+GROUP_COLUMNS = ("target", "categories", "relaxation", "schedule", "tau0", "anneal_rate", "tau_min", "anneal_interval", "steps")
+
+
+# ---------------------------------------------------------------------- schedules
+
+SCHEDULES = ("constant", "exponential", "stepwise", "linear")
+
+
+def schedule_tau(
+    kind: str,
+    step: Any,
+    tau0: Any,
+    rate: Any,
+    tau_min: float,
+    interval: int = 1,
+    *,
+    exp: Callable[[Any], Any] = math.exp,
+    floor: Callable[[Any, float], Any] = max,
+) -> Any:
+    """The temperature of schedule `kind` at `step`; the one place the formulas are written.
+
+    - constant:    tau0
+    - exponential: max(tau_min, tau0 * exp(-rate * t))
+    - stepwise:    max(tau_min, tau0 * exp(-rate * N * floor(t / N)))  (Jang et al. 2017, N = interval)
+    - linear:      max(tau_min, tau0 - rate * t)
+
+    Works on floats (the defaults), tensors (`exp=torch.exp`, `floor=Tensor.clamp_min`) and arrays
+    (`exp=np.exp`, `floor=np.maximum`): `step` may be an int or an array of steps.
+    """
+    if kind == "constant":
+        return tau0 * 1.0
+    if kind == "exponential":
+        tau = tau0 * exp(-rate * step)
+    elif kind == "stepwise":
+        tau = tau0 * exp(-rate * (interval * (step // interval)))
+    elif kind == "linear":
+        tau = tau0 - rate * step
+    else:
+        raise ValueError(f"unknown schedule {kind!r}; known: {', '.join(SCHEDULES)}")
+    return floor(tau, tau_min)
