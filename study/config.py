@@ -370,6 +370,16 @@ def _absolute_streams(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     return data
 
 
+def _override_streams(key: str, value: Any) -> Any:
+    """A `--set` stream path is relative to the shell's directory (`target`, `fixed.target`,
+    `grid.target`, a list for a grid axis)."""
+    if _override_setting(key) != "target":
+        return value
+    if isinstance(value, list):
+        return [_absolute_stream(v, Path.cwd()) for v in value]
+    return _absolute_stream(value, Path.cwd())
+
+
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> StudySpec:
     """Read a TOML spec, apply `--set` overrides, validate. Raises ConfigError."""
     path = Path(path)
@@ -384,13 +394,15 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Stud
     except tomllib.TOMLDecodeError as err:
         raise ConfigError("spec", str(path), f"TOML syntax error: {err}") from None
     data = _absolute_streams(data, path.parent.resolve())
-    overrides = {k: _absolute_stream(v, Path.cwd()) if k in ("target", "fixed.target") else v for k, v in (overrides or {}).items()}
+    overrides = {k: _override_streams(k, v) for k, v in (overrides or {}).items()}
     data = apply_overrides(data, overrides)
     return spec_from_dict(data, source=str(path))
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`KEY=VALUE` strings -> dict. VALUE is read as a TOML value when it is one, else as a string."""
+    """`KEY=VALUE` strings -> dict, in command-line order. VALUE is read as a TOML value when it is
+    one, else as a string. Keys that name the same setting (`tau0`, `fixed.tau0`, `grid.tau0`; see
+    `apply_overrides`) are one key: a later item replaces every earlier one, so the last wins."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -401,29 +413,83 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             value = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw.strip()
+        setting = _override_setting(key)
+        for earlier in [k for k in out if _override_setting(k) == setting]:
+            del out[earlier]
         out[key] = value
     return out
 
 
+def _override_setting(key: str) -> str:
+    """The setting an override key names: the trial field X for `X`, `fixed.X` and `grid.X`; the
+    key itself otherwise (`seeds`, `name`, `resources.X`, `tune.X`, or an unknown key)."""
+    section, dot, sub = key.partition(".")
+    if dot and section in ("fixed", "grid") and sub in _TRIAL_TYPES:
+        return sub
+    return key
+
+
+def _table(data: dict[str, Any], section: str) -> dict[str, Any]:
+    table = data.setdefault(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(section, table, "expected a table")
+    return table
+
+
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Apply `--set` values to parsed TOML. A trial key pins a grid axis (or sets [fixed]);
-    `seeds` / `name` set the top level; `resources.X` / `tune.X` their tables."""
+    """Apply `--set` values to parsed TOML (a copy; `data` is not changed).
+
+    Keys and what they set:
+
+    - `X`, `fixed.X` (X a TrialConfig field): pin X to the value. X leaves [grid] if it was an
+      axis there; the value is X's value (a list only for a list field such as probe_taus).
+    - `grid.X` with a list: make X a grid axis with those values (X leaves [fixed]).
+      `grid.X` with anything else: pin X, exactly as `X`.
+    - `seeds`, `name`: the top level. `resources.X`, `tune.X`: those tables.
+    - anything else: ConfigError naming the key.
+
+    `X`, `fixed.X` and `grid.X` are one setting: an override replaces everything the spec says
+    about X, so it also settles a spec that has X both in [grid] and in [fixed]. Every other key
+    is its own setting. Each override writes its setting only, so overrides of distinct settings
+    give the same result in any order; of two overrides of one setting the later one (in dict
+    order, which `parse_overrides` keeps as command-line order) wins. The grid's axis order, which
+    orders the trials, does not depend on the overrides' order either: the spec's axes keep their
+    places, new axes follow in TrialConfig field order.
+
+    Trial-field values are type-checked here, so an error names the key as it was given; ranges
+    are checked when the spec is built.
+    """
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    spec_axes = list(data["grid"]) if isinstance(data.get("grid"), dict) else []
     for key, value in overrides.items():
-        if key in ("seeds", "name"):
+        section, dot, sub = key.partition(".")
+        if not dot and key in ("seeds", "name"):
             data[key] = value
-        elif "." in key:
-            section, sub = key.split(".", 1)
-            if section not in ("resources", "tune", "fixed", "grid"):
-                raise ConfigError(key, value, "unknown key; use a trial field, seeds, name, resources.X or tune.X")
-            if section in ("fixed", "grid"):
-                return apply_overrides(data, {sub: value})
-            data.setdefault(section, {})[sub] = value
-        elif key in _TRIAL_TYPES:
-            grid = data.setdefault("grid", {})
-            if key in grid:
-                del grid[key]  # pinned: the axis becomes a fixed value
-            data.setdefault("fixed", {})[key] = value
+            continue
+        if dot and section in ("resources", "tune"):
+            _table(data, section)[sub] = value
+            continue
+        if not dot and key in _TRIAL_TYPES:
+            name, axis = key, False
+        elif dot and section in ("fixed", "grid"):
+            if sub not in _TRIAL_TYPES:
+                raise ConfigError(key, value, f"unknown key; known trial fields: {', '.join(_TRIAL_TYPES)}")
+            name, axis = sub, section == "grid" and isinstance(value, list)
+        elif dot:
+            raise ConfigError(key, value, "unknown key; use a trial field, fixed.X, grid.X, seeds, name, resources.X or tune.X")
         else:
             raise ConfigError(key, value, f"unknown key; known trial fields: {', '.join(_TRIAL_TYPES)}")
+        kind = _TRIAL_TYPES[name]
+        if axis:
+            _table(data, "grid")[name] = [_coerce(key, v, kind) for v in value]
+            if isinstance(data.get("fixed"), dict):
+                data["fixed"].pop(name, None)
+        else:
+            _table(data, "fixed")[name] = _coerce(key, value, kind)
+            if isinstance(data.get("grid"), dict):
+                data["grid"].pop(name, None)
+    if isinstance(data.get("grid"), dict):
+        grid = data["grid"]
+        order = [a for a in spec_axes if a in grid] + [a for a in _TRIAL_TYPES if a in grid and a not in spec_axes]
+        data["grid"] = {a: grid[a] for a in order}
     return data
