@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from study import preflight
 from study.config import ConfigError, StudySpec, load_spec, parse_overrides
 
 EXIT_BAD_INPUT = 2
@@ -87,6 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.max_concurrent is not None:
         extra["tune.max_concurrent"] = args.max_concurrent
     spec = _load(args, extra)
+    preflight.check_run(args.storage, args.address)  # unreachable storage or cluster: exit 2 before Ray starts
     from study import sweep
 
     return sweep.run_study(spec, storage=args.storage, address=args.address, resume=args.resume, num_cpus=args.num_cpus, dashboard=args.dashboard)
@@ -96,6 +98,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir() and "://" not in args.run_dir:
         raise ConfigError("RUN_DIR", args.run_dir, "no such directory")
+    preflight.check_storage(args.run_dir, "RUN_DIR", must_exist=True)  # a URI: reachable, and there
     from analysis.report import write_report
 
     out = write_report(args.run_dir, args.out)

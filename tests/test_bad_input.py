@@ -1,13 +1,19 @@
 """Bad input is refused before any training: exit code 2, one line naming the field and value
-(and the line number where there is one), no traceback. Table-driven over check, train and run."""
+(and the line number where there is one), no traceback. Table-driven over check, train and run.
+Unreachable storage and Ray clusters too: the same one line, within 30 s, before Ray starts."""
 
+import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from study import preflight
 from study.cli import main
+from study.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,3 +149,173 @@ def test_real_process_exit_code_and_no_traceback(tmp_path, command):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "tau0" in lines[0] and "-1.0" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+# --- Unreachable storage and clusters (issue 13 item 8): exit 2 and one line within 30 s, before Ray.
+
+SMOKE = str(ROOT / "experiments" / "smoke.toml")
+BUCKET = "s3://no-such-bucket-xyz/runs"
+REFUSED = "connection refused"
+# (case id, argv, extra environment, the line's `key='value'`, cause without network, or None: any cause)
+UNREACHABLE = [
+    ("run-storage-s3", ["run", SMOKE, "--storage", BUCKET], {}, f"--storage='{BUCKET}'", "cannot resolve host s3.amazonaws.com"),
+    ("report-s3", ["report", f"{BUCKET}/quick"], {}, f"RUN_DIR='{BUCKET}/quick'", "cannot resolve host s3.amazonaws.com"),
+    ("run-storage-gs", ["run", SMOKE, "--storage", "gs://no-such-bucket-xyz/runs"], {}, "--storage='gs://no-such-bucket-xyz/runs'", "cannot resolve host storage.googleapis.com"),
+    ("run-address-closed", ["run", SMOKE, "--address", "127.0.0.1:1"], {}, "--address='127.0.0.1:1'", REFUSED),
+    ("ray-address-env-closed", ["run", SMOKE], {"RAY_ADDRESS": "127.0.0.1:1"}, "RAY_ADDRESS='127.0.0.1:1'", REFUSED),
+    ("run-address-client-closed", ["run", SMOKE, "--address", "ray://127.0.0.1:1"], {}, "--address='ray://127.0.0.1:1'", REFUSED),
+    ("run-address-no-port", ["run", SMOKE, "--address", "127.0.0.1"], {}, "--address='127.0.0.1'", "HOST:PORT"),
+    ("run-address-bad-port", ["run", SMOKE, "--address", "localhost:ray"], {}, "--address='localhost:ray'", "not a number"),
+    ("ray-address-env-malformed", ["run", SMOKE], {"RAY_ADDRESS": "headnode"}, "RAY_ADDRESS='headnode'", "HOST:PORT"),
+]
+_NETWORK_CAUSES = ("cannot resolve host",)  # the causes that need a machine without network
+
+
+def _isolated_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a new user on this machine: no RAY_ADDRESS, no AWS settings or
+    credentials files, no instance-metadata lookups (which can hang off EC2), no proxies."""
+    proxies = {"HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"}
+    env = {k: v for k, v in os.environ.items()
+           if k != "RAY_ADDRESS" and not k.startswith("AWS_") and k.upper() not in proxies}
+    env.update(AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
+    env.update(extra)
+    return env
+
+
+def _resolves(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("case", UNREACHABLE, ids=[c[0] for c in UNREACHABLE])
+def test_unreachable_storage_or_cluster_fails_fast(tmp_path, case):
+    name, argv, extra, named, cause = case
+    if cause and cause.startswith(_NETWORK_CAUSES) and _resolves(cause.rpartition(" ")[2]):
+        cause = None  # this machine has network: a missing bucket gives another cause; still exit 2
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "study.cli", *argv], cwd=tmp_path, env=_isolated_env(extra),
+                          capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - started
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"gumbel-study: error: {named}: "), lines[0]
+    assert cause is None or cause in lines[0], (cause, lines[0])
+    assert "Traceback" not in proc.stderr
+    assert "Ray instance" not in proc.stdout + proc.stderr and proc.stdout == ""
+    assert not (tmp_path / "runs").exists()
+    assert took < 30, f"{name}: {took:.1f} s"  # the issue's bound for failing on an unreachable target
+
+
+def test_listening_address_passes_and_closed_port_fails():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        preflight.check_address(f"127.0.0.1:{port}")
+        preflight.check_address(f"ray://localhost:{port}")
+    with pytest.raises(ConfigError) as err:  # closed now
+        preflight.check_address(f"127.0.0.1:{port}")
+    assert err.value.key == "--address" and err.value.value == f"127.0.0.1:{port}" and REFUSED in err.value.reason
+    assert str(err.value).count("\n") == 0
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.1:", ":6379", "head:abc", "head:70000", "ray://head"])
+def test_malformed_address(address):
+    with pytest.raises(ConfigError) as err:
+        preflight.check_address(address, "RAY_ADDRESS")
+    assert err.value.key == "RAY_ADDRESS" and err.value.value == address
+
+
+def test_auto_address_needs_a_recorded_cluster(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    preflight.check_address("local")  # Ray starts its own: nothing to check
+    with pytest.raises(ConfigError, match="no running Ray cluster found"):
+        preflight.check_address("auto")
+    (tmp_path / "ray").mkdir()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{server.getsockname()[1]}\n")
+        preflight.check_address("auto")
+    with pytest.raises(ConfigError, match="recorded in"):  # a stale record: the cluster is gone
+        preflight.check_address("auto")
+
+
+def test_run_checks_ray_address_from_the_environment(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    with pytest.raises(ConfigError) as err:
+        preflight.check_run("runs", None)
+    assert err.value.key == "RAY_ADDRESS"
+    with pytest.raises(ConfigError) as err:  # --address wins over RAY_ADDRESS, as in sweep.run_study
+        preflight.check_run("runs", "127.0.0.1:2")
+    assert err.value.key == "--address" and err.value.value == "127.0.0.1:2"
+    monkeypatch.delenv("RAY_ADDRESS")
+    preflight.check_run("runs", None)  # embedded Ray, local path: nothing to check here
+
+
+def test_storage_dns_failure_names_the_host(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    for variable in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(ConfigError) as err:
+        preflight.check_storage(BUCKET)
+    assert str(err.value) == f"--storage='{BUCKET}': cannot resolve host s3.amazonaws.com: no network?"
+    with pytest.raises(ConfigError, match="storage.googleapis.com"):
+        preflight.check_storage("gs://bucket/runs/quick", "RUN_DIR", must_exist=True)
+
+
+def test_storage_that_never_answers_times_out(monkeypatch):
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with socket.socket() as server:  # accepts connections (the backlog), never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        uri = f"s3://bucket/runs?endpoint_override=127.0.0.1:{server.getsockname()[1]}&scheme=http"
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match="no answer within 1 s"):
+            preflight.check_storage(uri, timeout=1.0)
+        assert time.monotonic() - started < 5
+
+
+def test_storage_endpoint_hosts(monkeypatch):
+    for variable in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "CLOUD_STORAGE_EMULATOR_ENDPOINT"):
+        monkeypatch.delenv(variable, raising=False)
+    assert preflight.storage_endpoint("s3://b/runs") == "s3.amazonaws.com"
+    assert preflight.storage_endpoint("s3://b/runs?region=eu-west-1") == "s3.eu-west-1.amazonaws.com"
+    assert preflight.storage_endpoint("s3://b/runs?endpoint_override=minio:9000&scheme=http") == "minio"
+    assert preflight.storage_endpoint("gs://b/runs") == "storage.googleapis.com"
+    assert preflight.storage_endpoint("abfs://c@acct.dfs.core.windows.net/runs") == "acct.dfs.core.windows.net"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio.local:9000")
+    assert preflight.storage_endpoint("s3://b/runs") == "minio.local"
+
+
+def test_file_uri_storage(tmp_path):
+    preflight.check_storage(str(tmp_path / "plain-path"))  # not a URI: left to sweep / cmd_report
+    preflight.check_storage((tmp_path / "new" / "runs").as_uri())  # created, like a plain --storage path
+    assert (tmp_path / "new" / "runs").is_dir()
+    preflight.check_storage(tmp_path.as_uri(), "RUN_DIR", must_exist=True)
+    with pytest.raises(ConfigError, match="no such directory"):
+        preflight.check_storage((tmp_path / "absent").as_uri(), "RUN_DIR", must_exist=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="cannot write there"):
+        preflight.check_storage((tmp_path / "file" / "runs").as_uri())
+
+
+def test_storage_causes():
+    assert preflight.storage_cause(OSError("When resolving region for bucket 'b': AWS Error NETWORK_CONNECTION during HeadBucket operation: curlCode: 6, Could not resolve hostname; Details: Could not resolve host: b.s3.us-east-1.amazonaws.com")) == "cannot resolve host b.s3.us-east-1.amazonaws.com: no network?"
+    assert preflight.storage_cause(OSError("When resolving region for bucket 'b': AWS Error RESOURCE_NOT_FOUND during HeadBucket operation: No response body.")) == "bucket does not exist"
+    assert preflight.storage_cause(OSError("AWS Error ACCESS_DENIED during HeadObject operation")).startswith("access denied")
+    assert preflight.storage_cause(OSError("first line\nsecond line")) == "first line"
+
+
+def test_preflight_does_not_import_ray():
+    code = "import sys, study.preflight; print('ray' in sys.modules, 'pyarrow' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["False", "False"], proc.stderr
