@@ -65,16 +65,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = _load(args, extra)
     config = spec.single_trial()
     out = Path(args.out) if args.out else Path("runs") / f"{spec.name}-train"
+    from study.provenance import session_info
     from study.train import run_local
 
     print(f"training {spec.name!r}: {spec.seeds} seeds x {config.steps} steps -> {out}", file=sys.stderr)
-    summary = run_local(config, spec.seeds, out, progress=not args.no_progress and sys.stderr.isatty() or args.progress)
+    session = session_info(spec.source)
+    summary = run_local(config, spec.seeds, out, session=session, progress=not args.no_progress and sys.stderr.isatty() or args.progress)
     for row in summary["seeds"]:
         print(f"seed {row['seed']}: tv={row['fit/tv']:.4f} js={row['fit/js']:.4f} kl={row['fit/kl']:.4f} probs={[round(p, 3) for p in row['fit/probs']]}")
     tvs = sorted(row["fit/tv"] for row in summary["seeds"])
     if tvs:
         print(f"final tv: median {tvs[len(tvs) // 2] if len(tvs) % 2 else 0.5 * (tvs[len(tvs) // 2 - 1] + tvs[len(tvs) // 2]):.4f}, max {tvs[-1]:.4f} over {len(tvs)} seeds")
-    print(f"wrote {out / 'summary.json'} and {out / 'metrics.jsonl'} ({summary['wall_s']:.1f} s)")
+    print(f"wrote the trial record to {out} ({summary['wall_s']:.1f} s); report: gumbel-study report {out}")
     if summary["error"]:
         print(f"gumbel-study: trial failed: {summary['error']}", file=sys.stderr)
         return 1

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from study.estimators import ESTIMATORS
-from study.schedules import SCHEDULES, Schedule
+from study.schedules import Schedule
 from study.targets import TargetError, parse_target
+from study.vocab import ESTIMATORS_INFO, RELAXATIONS, SCHEDULES
 
 __all__ = [
     "ConfigError",
@@ -47,7 +47,7 @@ __all__ = [
     "parse_overrides",
 ]
 
-RELAXATIONS = ("soft", "hard", "gumbel_rao", "reinforce")
+PROBEABLE = tuple(name for name in ESTIMATORS_INFO if name != "exact")  # exact is the reference
 GENERATORS = ("logits", "mlp")
 DISCRIMINATORS = ("logistic", "mlp")
 LOGIT_INITS = ("ones", "zeros", "normal")
@@ -96,7 +96,7 @@ class TrialConfig:
     label_smoothing: float = 0.0  # real one-hots become (1 - eps) e_k + eps / K
     # --- evaluation
     eval_every: int = 200  # discriminator steps between evaluations (and one at the end)
-    probe_estimators: tuple[str, ...] = ("soft", "hard", "gumbel_rao", "reinforce")  # probed each eval
+    probe_estimators: tuple[str, ...] = RELAXATIONS  # probed at each evaluation
     probe_estimates: int = 1000  # independent estimates per probe (batched)
     probe_samples: int = 1  # samples per estimate
     probe_points: int = 4  # mlp generator: noise draws at which logits are probed
@@ -273,7 +273,7 @@ def validate_trial(cfg: TrialConfig, *, base_dir: Path | None = None) -> None:
     _check(_finite(cfg.label_smoothing) and 0 <= cfg.label_smoothing < 1, "label_smoothing", cfg.label_smoothing, "must be in [0, 1)")
     positive_int("eval_every")
     for name in cfg.probe_estimators:
-        _check(name in ESTIMATORS and name != "exact", "probe_estimators", name, f"unknown estimator; known: {', '.join(RELAXATIONS)}")
+        _check(name in PROBEABLE, "probe_estimators", name, f"unknown estimator; known: {', '.join(PROBEABLE)}")
     positive_int("probe_estimates", 2)
     positive_int("probe_samples")
     positive_int("probe_points")

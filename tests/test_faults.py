@@ -1,7 +1,7 @@
 """Faults a cluster has: a trial's worker process SIGKILLed mid-run resumes from its checkpoint and
-ends with exactly the metrics of an uninterrupted run (CPU, same seeds, same thread count)."""
+ends with exactly the metrics of an uninterrupted run (CPU, same seeds, same thread count), and its
+trial record holds every row once."""
 
-import json
 import os
 import signal
 import subprocess
@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from record_rows import record_rows, trial_dirs
 from result_rows import result_rows
 
 from study.config import load_spec, parse_overrides
+from study.record import evals_table, probes_table
 from study.train import Trial
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,12 +68,18 @@ def test_worker_sigkill_resumes_from_checkpoint_exactly(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        final: list = []
-        Trial(spec.single_trial(), spec.seeds).run(lambda step, r: final.append(r))
+        evaluations: list = []
+        Trial(spec.single_trial(), spec.seeds).run(evaluations.append)
     finally:
         torch.set_num_threads(threads)
-    expected = {str(r["seed"]): r for r in final[-1]}
-    assert rows[-1]["per_seed"] == json.loads(json.dumps(expected))
+    # The record: every evaluation once, equal in every value to the uninterrupted run's.
+    (trial_dir,) = trial_dirs(storage / "fault")
+    no_clock = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
+    expected_evals = [row for ev in evaluations for row in evals_table(ev, 0.0).to_pylist()]
+    expected_probes = [row for ev in evaluations for row in probes_table(ev).to_pylist()]
+    assert no_clock(record_rows(trial_dir)) == no_clock(expected_evals)
+    assert record_rows(trial_dir, "probes") == expected_probes
+    assert rows[-1]["fit/tv"] == pytest.approx(sum(r["fit/tv"] for r in expected_evals[-spec.seeds:]) / spec.seeds, rel=1e-12)
 
 
 def test_diverging_trial_fails_with_reason_and_the_rest_completes(tmp_path):

@@ -33,6 +33,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from record_rows import record_rows
 
 pytestmark = [pytest.mark.multinode, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -276,7 +277,8 @@ def test_smoke_study_runs_across_two_nodes(cluster):
     status = cluster.ray("job", "status", "--address", cluster.dashboard, submission)
     assert job.returncode == 0 and "succeeded" in status.stdout.lower(), f"job failed after {job_s:.0f} s:\n{job.stdout[-6000:]}\n{job.stderr[-3000:]}\n{status.stdout}\n{cluster.logs()}"
 
-    # Results in the shared storage: every trial's result.json, with every evaluation, per seed.
+    # Results in the shared storage: every trial's result.json, with every evaluation, and its
+    # record (synced from the node it ran on), with every seed at every evaluation.
     experiment = cluster.storage / STUDY
     results = sorted(experiment.glob("*/result.json"))
     assert len(results) == TRIALS, f"{len(results)} result.json files under {experiment}: {[p.parent.name for p in results]}"
@@ -284,7 +286,9 @@ def test_smoke_study_runs_across_two_nodes(cluster):
     for path in results:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         assert [r["step"] for r in rows] == EVAL_STEPS, (path, [r.get("step") for r in rows])
-        assert all(len(r["per_seed"]) == SEEDS for r in rows), path
+        evals = record_rows(path.parent)
+        assert sorted((r["step"], r["seed"]) for r in evals) == sorted((t, s) for t in EVAL_STEPS for s in {r["seed"] for r in evals}), path
+        assert len(evals) == SEEDS * len(EVAL_STEPS), path
         trial_pids[path.parent.name] = {r["pid"] for r in rows}
     assert (experiment / "tuner.pkl").exists()
 

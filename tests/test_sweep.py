@@ -1,5 +1,6 @@
 """The Ray Tune study end to end, with a real local Ray (2 CPUs), in subprocesses."""
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from proc_tree import process_tree
+from record_rows import record_rows, trial_dirs
 from result_rows import result_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,6 +18,9 @@ SMOKE = ROOT / "experiments" / "smoke.toml"
 PER_SEED_KEYS = ("tau", "loss/d", "loss/g", "fit/tv", "fit/js", "fit/kl", "fit/probs", "sample/vertex_gap", "sample/mean_bias")
 ESTIMATORS = ("soft", "hard", "gumbel_rao", "reinforce")
 STATS = ("bias2", "variance", "mse", "cosine", "rel_rmse", "bias2_floor", "n")
+# What Tune receives (README "Experiment directory, dashboards"): means over seeds and counts.
+LEAN_KEYS = {"step", "tau", "loss/d", "loss/g", "fit/tv", "fit/js", "fit/kl", "sample/vertex_gap", "sample/mean_bias",
+             "std/fit/tv", "seeds/count", "seeds/diverged"}
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -37,22 +42,33 @@ def test_smoke_study_end_to_end(smoke_run):
     assert {t.status for t in analysis.trials} == {"TERMINATED"}
     results = _results(Path(smoke_run))
     assert len(results) == 4
-    for name, rows in results.items():
-        assert [r["step"] for r in rows] == [0, 20, 40, 60], name
+    for trial_dir in trial_dirs(Path(smoke_run)):
+        rows = results[trial_dir.name]
+        relaxation = rows[0]["config"]["relaxation"]
+        assert [r["step"] for r in rows] == [0, 20, 40, 60], trial_dir.name
         for row in rows:
+            ours = set(row) - _CLOCK_KEYS - {"config", "training_iteration", "trial_id", "time_this_iter_s", "should_checkpoint"}
+            assert ours == LEAN_KEYS | {f"grad/{relaxation}/{s}" for s in ("bias2", "variance", "mse")}, ours
             assert row["seeds/count"] == 2 and row["seeds/diverged"] == 0
-            assert set(row["per_seed"]) == {"0", "1"}
-            for seed_row in row["per_seed"].values():
-                for key in PER_SEED_KEYS:
-                    assert key in seed_row, (name, key)
-                for prefix in ("grad", "ladder/0.5"):
-                    for est in ESTIMATORS:
-                        for stat in STATS:
-                            assert f"{prefix}/{est}/{stat}" in seed_row
-            assert row["fit/tv"] == pytest.approx(sum(s["fit/tv"] for s in row["per_seed"].values()) / 2)
+        # The trial record: every seed at every step, every probe at the current tau and the ladder's.
+        evals = record_rows(trial_dir, "evals")
+        assert sorted((r["step"], r["seed"]) for r in evals) == [(t, s) for t in (0, 20, 40, 60) for s in (0, 1)]
+        assert all(set(PER_SEED_KEYS) <= set(r) and len(r["fit/probs"]) == 5 for r in evals)
+        probes = record_rows(trial_dir, "probes")
+        expected = {(t, s, e, src) for t in (0, 20, 40, 60) for s in (0, 1) for e in ESTIMATORS for src in ("current", "ladder")}
+        assert sorted((r["step"], r["seed"], r["estimator"], r["source"]) for r in probes) == sorted(expected)
+        assert all(set(STATS) <= set(r) for r in probes)
+        assert {r["tau"] for r in probes if r["source"] == "ladder"} == {0.5}
+        for row in rows:  # Tune's mean equals the mean of the record's seeds
+            seeds = [r["fit/tv"] for r in evals if r["step"] == row["step"]]
+            assert row["fit/tv"] == pytest.approx(sum(seeds) / len(seeds), rel=1e-12)
+        assert list((trial_dir / "record").glob("host-*.json"))
+    (session,) = json.loads((Path(smoke_run) / "run.json").read_text())["sessions"]
+    assert 'name = "smoke"' in session["spec_text"] and session["argv"][1:3] == ["run", str(SMOKE)]
+    assert session["ray"] and session["torch"] and session["resources"]["CPU"] == 2
     frame = analysis.dataframe()
     assert len(frame) == 4 and "fit/tv" in frame.columns
-    # TensorBoard event files hold the namespaced scalars.
+    # TensorBoard event files hold the lean scalars.
     events = list(Path(smoke_run).glob("trainable*/events.out.tfevents.*"))
     assert len(events) == 4 and all(e.stat().st_size > 0 for e in events)
 
@@ -98,6 +114,7 @@ def test_resume_after_driver_killed(tmp_path, sig):
     driver = subprocess.Popen(_cli(*args), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     experiment = storage / "smoke"
     finished_before: dict[str, list[dict]] = {}
+    records_before: dict[str, tuple[list[dict], list[dict]]] = {}
     spawned: list[int] = []
     try:
         deadline = time.time() + 240
@@ -107,6 +124,7 @@ def test_resume_after_driver_killed(tmp_path, sig):
                 done = {k: v for k, v in _results(experiment).items() if v and v[-1].get("step") == 1000}
                 if done:
                     finished_before = done
+                    records_before = {d.name: (record_rows(d), record_rows(d, "probes")) for d in trial_dirs(experiment) if d.name in done}
                     break
             time.sleep(0.5)
         assert finished_before, "no trial finished before the deadline"
@@ -136,6 +154,15 @@ def test_resume_after_driver_killed(tmp_path, sig):
         steps = [r["step"] for r in rows]
         assert steps[-1] == 1000 and set(steps) == {0, 250, 500, 750, 1000}, (name, steps)
         _by_step(rows)  # steps repeated after the resume repeat exactly
+    # The trial record: no row lost, none counted twice, finished trials' rows unchanged.
+    for trial_dir in trial_dirs(experiment):
+        evals, probes = record_rows(trial_dir), record_rows(trial_dir, "probes")
+        assert sorted((r["step"], r["seed"]) for r in evals) == [(t, s) for t in (0, 250, 500, 750, 1000) for s in (0, 1)], trial_dir.name
+        assert len(probes) == 5 * 2 * len(ESTIMATORS) * 2  # steps x seeds x estimators x (current, ladder)
+        if trial_dir.name in records_before:
+            before_evals, before_probes = records_before[trial_dir.name]
+            drop = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
+            assert drop(evals) == drop(before_evals) and probes == before_probes, f"finished trial {trial_dir.name} changed"
     from ray.tune import ExperimentAnalysis
 
     assert {t.status for t in ExperimentAnalysis(str(experiment)).trials} == {"TERMINATED"}
