@@ -4,7 +4,7 @@
     gumbel-study check SPEC [--set KEY=VALUE ...]
     gumbel-study run SPEC [--storage PATH|URI] [--address ADDR] [--resume] [--max-concurrent N]
                           [--name NAME] [--num-cpus N] [--dashboard] [--set KEY=VALUE ...]
-    gumbel-study report RUN_DIR [--out DIR]
+    gumbel-study report RUN [RUN ...] [--out DIR]     (registered by analysis, see _add_plugin_commands)
 
 Bad input exits with code 2 and one line naming the key and the value; no traceback.
 """
@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from study import preflight
 from study.config import ConfigError, StudySpec, load_spec, parse_overrides
 
 EXIT_BAD_INPUT = 2
+COMMANDS_GROUP = "gumbel_study.commands"  # entry points that add subcommands (analysis adds `report`)
 
 
 def _fail(message: str) -> int:
@@ -96,16 +98,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return sweep.run_study(spec, storage=args.storage, address=args.address, resume=args.resume, num_cpus=args.num_cpus, dashboard=args.dashboard)
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir() and "://" not in args.run_dir:
-        raise ConfigError("RUN_DIR", args.run_dir, "no such directory")
-    preflight.check_storage(args.run_dir, "RUN_DIR", must_exist=True)  # a URI: reachable, and there
-    from analysis.report import write_report
+def _add_plugin_commands(sub) -> None:
+    """Subcommands that other packages register under the entry-point group COMMANDS_GROUP, as
+    `name = "module:add_command"` with `add_command(subparsers)`. `report` comes from analysis this
+    way: the library never imports its reader, and the reader plugs into the command line."""
+    for entry in sorted(metadata.entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        try:
+            add_command = entry.load()
+        except ImportError as err:  # a broken plugin must not take train/run/check down with it
+            _add_unavailable(sub, entry.name, f"{entry.value} cannot be imported ({err})")
+            continue
+        add_command(sub)
 
-    out = write_report(args.run_dir, args.out)
-    print(f"report: {out / 'index.html'}")
-    return 0
+
+def _add_unavailable(sub, name: str, reason: str) -> None:
+    p = sub.add_parser(name, help=f"(unavailable: {reason})")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda args: _fail(f"the {name} command is unavailable: {reason}"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,10 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_set(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("report", help="figures, tables and index.html from an experiment directory")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--out", metavar="DIR", help="output directory (default RUN_DIR/report)")
-    p.set_defaults(func=cmd_report)
+    _add_plugin_commands(sub)
     return parser
 
 
