@@ -12,6 +12,7 @@ Bad input exits with code 2 and one line naming the key and the value; no traceb
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -35,18 +36,45 @@ def _load(args: argparse.Namespace, extra: dict | None = None) -> StudySpec:
 
 
 def _format_grid(spec: StudySpec) -> str:
+    search, tune = spec.search, spec.tune
+    combos = spec.num_trials // search.samples
+    if search.algorithm == "optuna":
+        how = f" (optuna: {search.samples} samples)"
+    elif search.algorithm == "random":
+        how = f" ({combos} grid combination{'s' if combos > 1 else ''} x {search.samples} random samples)"
+    else:
+        how = ""
+    bound = "at most " if search.asha or {"steps", "g_steps"} & set(search.space) else ""
     lines = [f"study {spec.name!r} from {spec.source}"]
-    lines.append(f"  trials:        {spec.num_trials}")
+    lines.append(f"  trials:        {spec.num_trials}{how}")
     lines.append(f"  seeds/trial:   {spec.seeds} (packed as replicas)")
     lines.append(f"  replicas:      {spec.num_trials * spec.seeds}")
-    lines.append(f"  replica-steps: {spec.replica_steps():,} (discriminator + generator steps x seeds)")
+    lines.append(f"  replica-steps: {bound}{spec.replica_steps():,} (discriminator + generator steps x seeds)")
     lines.append(f"  per trial:     {spec.resources.cpus:g} CPU, {spec.resources.gpus:g} GPU")
     if spec.grid:
         lines.append("  grid:")
         for axis, values in spec.grid.items():
             lines.append(f"    {axis:<14} {', '.join(map(str, values))}")
+    if search.space:
+        sampler = "TPE" if search.algorithm == "optuna" else "Tune's random sampler"
+        goal = f", {tune.mode} {tune.metric}" if search.algorithm == "optuna" else ""
+        lines.append(f"  search:        {search.algorithm} ({sampler}, seed {search.seed}), {search.samples} samples{' per grid combination' if search.algorithm == 'random' else ''}{goal}")
+        for name, dist in search.space.items():
+            lines.append(f"    {name:<14} {dist.describe()}")
+    if search.asha:
+        a = search.asha
+        rungs = ", ".join(f"{r:g}" for r in a.rungs())
+        lines.append(f"  scheduler:     asha on step, {tune.mode} {tune.metric}: grace {a.grace_steps}, max {a.max_steps}, reduction factor {a.reduction_factor:g}, "
+                     f"{a.brackets} bracket{'s' if a.brackets > 1 else ''}; rungs at step {rungs} (judged at the first evaluation at or after each)")
+    if tune.loggers:
+        where = {
+            "mlflow": f"mlflow ({tune.mlflow_uri or 'MLFLOW_TRACKING_URI, else sqlite:///STORAGE/' + spec.name + '/mlflow.db'}, experiment {spec.name!r})",
+            "wandb": f"wandb (project {spec.name!r}, mode {os.environ.get('WANDB_MODE') or 'online'} from WANDB_MODE)",
+            "aim": f"aim (repo STORAGE/{spec.name}, experiment {spec.name!r})",
+        }
+        lines.append("  trackers:      " + "; ".join(where[name] for name in tune.loggers) + " (lean metrics; params = trial config)")
     fixed = spec.fixed.to_dict()
-    shown = {k: v for k, v in fixed.items() if k not in spec.grid}
+    shown = {k: v for k, v in fixed.items() if k not in spec.grid and k not in search.space}
     lines.append("  fixed: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     return "\n".join(lines)
 

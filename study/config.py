@@ -15,6 +15,16 @@ A study spec is TOML, parsed as data only (`tomllib`; no eval, no pickle):
     checkpoint_every = 2      # evaluations between checkpoints
     max_failures = 2          # retries of a trial from its last checkpoint
     max_concurrent = 0        # 0: as many as resources allow
+    loggers = []              # trackers: "mlflow", "wandb", "aim" (extras of the same names)
+    [search]                  # optional: how trials are chosen (default: the grid)
+    algorithm = "optuna"      # "grid" (default), "random", "optuna"
+    num_samples = 16          # trials drawn (random: per grid point)
+    seed = 0                  # the sampler's seed
+    scheduler = "asha"        # "fifo" (default: every trial runs to the end) or "asha"
+    [search.space]            # TrialConfig fields, each one distribution
+    tau0 = {loguniform = [0.01, 10.0]}
+    [search.asha]             # early stopping, in discriminator steps (Tune's time_attr = "step")
+    grace_steps = 200
 
 A spec with no grid is a trial config: `gumbel-study train` runs it. Every error is a ConfigError
 that names the key and the value.
@@ -24,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import itertools
 import math
 import tomllib
@@ -34,11 +45,14 @@ from typing import Any
 
 from study.schedules import Schedule
 from study.targets import TargetError, parse_target
-from study.vocab import ESTIMATORS_INFO, RELAXATIONS, SCHEDULES
+from study.vocab import ESTIMATORS_INFO, RELAXATIONS, SCHEDULES, probe_key
 
 __all__ = [
+    "AshaSpec",
     "ConfigError",
+    "Distribution",
     "ResourceSpec",
+    "SearchSpec",
     "StudySpec",
     "TrialConfig",
     "TuneSpec",
@@ -53,6 +67,17 @@ DISCRIMINATORS = ("logistic", "mlp")
 LOGIT_INITS = ("ones", "zeros", "normal")
 DTYPES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
+SEARCH_ALGORITHMS = ("grid", "random", "optuna")
+SCHEDULERS = ("fifo", "asha")
+DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
+LOGGERS = ("mlflow", "wandb", "aim")
+# The Python package each optional feature needs, and the extra that installs it.
+PACKAGES = {"optuna": ("optuna", "search"), "mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb"), "aim": ("aim", "aim")}
+# What every trial reports to Tune (study.train.lean_metrics), so what a searcher or scheduler may
+# optimise; plus grad/<relaxation>/{LEAN_PROBE_STATS} when the relaxation is probed.
+LEAN_KEYS = ("step", "tau", "loss/d", "loss/g", "fit/tv", "fit/js", "fit/kl", "sample/vertex_gap", "sample/mean_bias",
+             "std/fit/tv", "seeds/count", "seeds/diverged")
+LEAN_PROBE_STATS = ("bias2", "variance", "mse")
 
 
 class ConfigError(ValueError):
@@ -138,8 +163,61 @@ class TuneSpec:
     checkpoint_every: int = 2  # evaluations between checkpoints (and always at the end)
     max_failures: int = 2  # retries of a failed trial, from its last checkpoint
     max_concurrent: int = 0  # concurrent trials; 0: as many as resources allow
-    metric: str = "fit/tv"  # what "best" means in summaries
+    metric: str = "fit/tv"  # what "best" means in summaries, and what search and ASHA optimise
     mode: str = "min"
+    loggers: tuple[str, ...] = ()  # trackers fed with the lean reports: mlflow, wandb, aim
+    mlflow_uri: str = ""  # MLflow tracking URI; "": $MLFLOW_TRACKING_URI, else sqlite in the experiment dir
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """One searched trial field: `kind` and its `values` (low and high, or the choices)."""
+
+    kind: str  # loguniform, uniform (float fields), int (int fields, both bounds included), choice
+    values: tuple[Any, ...]
+
+    @property
+    def bounds(self) -> tuple[Any, ...]:
+        """The values a sample can take at the extremes: both bounds, or every choice."""
+        return self.values
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return "choice " + ", ".join(map(str, self.values))
+        low, high = self.values
+        return f"{self.kind} [{low:g}, {high:g}]" + (" (both included)" if self.kind == "int" else "")
+
+
+@dataclass(frozen=True)
+class AshaSpec:
+    """ASHA (Li et al. 2020) on Tune's `step` result: discriminator steps, like `steps`."""
+
+    grace_steps: int = 0  # steps every trial runs before it can be stopped; 0: eval_every
+    max_steps: int = 0  # steps after which ASHA stops every trial; 0: the longest trial's steps
+    reduction_factor: float = 3.0  # keep 1 / reduction_factor of the trials at each rung
+    brackets: int = 1  # Hyperband brackets; 1 is plain ASHA
+
+    def rungs(self, bracket: int = 0) -> list[float]:
+        """Milestones of one bracket, lowest first, as Tune's `_Bracket` computes them:
+        grace * rf^(k + bracket) for k = 0, 1, ... while <= max_steps."""
+        count = int(math.log(self.max_steps / self.grace_steps) / math.log(self.reduction_factor) - bracket + 1)
+        return sorted(self.grace_steps * self.reduction_factor ** (k + bracket) for k in range(max(count, 0)))
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """How trials are chosen: the grid (default), random sampling, or Optuna; and a scheduler."""
+
+    algorithm: str = "grid"  # grid, random (Tune's variant generator), optuna (TPE)
+    num_samples: int = 0  # trials drawn (random: per grid point); 0: not given (grid: 1)
+    seed: int = 0  # the sampler's seed
+    space: dict[str, Distribution] = field(default_factory=dict)  # TrialConfig field -> distribution
+    scheduler: str = "fifo"  # fifo (every trial to the end) or asha (early stopping)
+    asha: AshaSpec | None = None  # with scheduler = "asha", its settings (defaults resolved)
+
+    @property
+    def samples(self) -> int:
+        return self.num_samples or 1
 
 
 @dataclass(frozen=True)
@@ -151,22 +229,34 @@ class StudySpec:
     resources: ResourceSpec = ResourceSpec()
     tune: TuneSpec = TuneSpec()
     source: str = ""  # the file it came from
+    search: SearchSpec = SearchSpec()
 
     @property
     def trials(self) -> list[TrialConfig]:
-        """The expanded grid, in a stable order (the last axis varies fastest)."""
+        """The expanded grid, in a stable order (the last axis varies fastest). With a search space,
+        its fields hold their [fixed] values here: the sampled trials exist once Tune draws them."""
         axes = list(self.grid)
         return [dataclasses.replace(self.fixed, **dict(zip(axes, values))) for values in itertools.product(*self.grid.values())]
 
     @property
     def num_trials(self) -> int:
-        return math.prod(len(v) for v in self.grid.values()) if self.grid else 1
+        grid = math.prod(len(v) for v in self.grid.values()) if self.grid else 1
+        return grid * self.search.samples
 
     def replica_steps(self) -> int:
-        return sum(t.steps * (1 + t.g_steps) for t in self.trials) * self.seeds
+        """Replica-steps of the study; with searched steps or g_steps, or ASHA, an upper bound."""
+        space = self.search.space
+        top = {name: max(space[name].bounds) for name in ("steps", "g_steps") if name in space}
+        total = sum(top.get("steps", t.steps) * (1 + top.get("g_steps", t.g_steps)) for t in self.trials)
+        return total * self.search.samples * self.seeds
 
     def single_trial(self) -> TrialConfig:
         """The trial config of a spec whose grid axes are all pinned; ConfigError names the others."""
+        if self.search.space:
+            searched = list(self.search.space)
+            raise ConfigError(
+                "search.space", searched, "train runs one trial: pin each searched field with --set " + " ".join(f"{k}=..." for k in searched)
+            )
         unpinned = [k for k, v in self.grid.items() if len(v) > 1]
         if unpinned:
             raise ConfigError(
@@ -312,14 +402,200 @@ def _validate_spec(spec: StudySpec, base_dir: Path | None) -> None:
     for axis, values in spec.grid.items():
         _check(len(values) >= 1, f"grid.{axis}", list(values), "must list at least one value")
         _check(len(set(map(repr, values))) == len(values), f"grid.{axis}", list(values), "lists a value twice")
-    for trial in spec.trials:  # every combination: e.g. a target may not fit every K
-        validate_trial(trial, base_dir=base_dir)
+    for trial in spec.trials if not spec.search.space else ():  # with a space: _validate_space
+        validate_trial(trial, base_dir=base_dir)  # every combination: e.g. a target may not fit every K
+    _check(t.metric.strip() != "", "tune.metric", t.metric, "must name a reported metric")
+    for logger in t.loggers:
+        _check(logger in LOGGERS, "tune.loggers", logger, f"unknown tracker; known: {', '.join(LOGGERS)}")
+    _check(len(set(t.loggers)) == len(t.loggers), "tune.loggers", list(t.loggers), "names a tracker twice")
+    _check(not t.mlflow_uri or "mlflow" in t.loggers, "tune.mlflow_uri", t.mlflow_uri, "is set but tune.loggers has no \"mlflow\"")
+    _validate_search(spec, base_dir)
+    _check_packages(spec)
+
+
+# ---------------------------------------------------------------- search: Optuna, random, ASHA
+
+_SEARCH_KEYS = ("algorithm", "num_samples", "seed", "scheduler", "space", "asha")
+_DISTRIBUTION_HELP = "{loguniform = [low, high]}, {uniform = [low, high]}, {int = [low, high]} or {choice = [a, b, ...]}"
+_KIND_NAMES = {int: "integers", float: "numbers", str: "strings"}
+MAX_SPACE_CORNERS = 50_000  # trials (grid x bounds x choices) that check validates for a search space
+
+
+def _distribution(name: str, raw: Any) -> Distribution:
+    """One `[search.space]` entry: `name = {kind = [...]}`, values typed as the field."""
+    key = f"search.space.{name}"
+    if name not in _TRIAL_TYPES:
+        raise ConfigError(key, raw, f"unknown key; known trial fields: {', '.join(_TRIAL_TYPES)}")
+    kind = _TRIAL_TYPES[name]
+    if typing.get_origin(kind) is tuple:
+        raise ConfigError(key, raw, "a list field cannot be searched; make it a [grid] axis or set it in [fixed]")
+    if not isinstance(raw, dict) or len(raw) != 1:
+        raise ConfigError(key, raw, f"expected one distribution: {_DISTRIBUTION_HELP}")
+    ((dist, values),) = raw.items()
+    if dist not in DISTRIBUTIONS:
+        raise ConfigError(f"{key}.{dist}", values, f"unknown distribution; known: {', '.join(DISTRIBUTIONS)}")
+    if not isinstance(values, list):
+        raise ConfigError(f"{key}.{dist}", values, "expected a list" + ("" if dist == "choice" else " [low, high]"))
+    if dist == "choice":
+        _check(len(values) >= 1, f"{key}.choice", values, "must list at least one value")
+        typed = tuple(_coerce(f"{key}.choice", v, kind) for v in values)
+        _check(len(set(map(repr, typed))) == len(typed), f"{key}.choice", values, "lists a value twice")
+        return Distribution(dist, typed)
+    _check(len(values) == 2, f"{key}.{dist}", values, "expected [low, high]")
+    if dist == "int":
+        _check(kind is int, f"{key}.int", values, f"{name} takes {_KIND_NAMES[kind]}: use uniform, loguniform or choice" if kind is float else f"{name} takes {_KIND_NAMES[kind]}: use choice")
+    else:
+        _check(kind is float, f"{key}.{dist}", values, f"{name} takes {_KIND_NAMES[kind]}: use " + ("int or choice" if kind is int else "choice"))
+    low, high = (_coerce(f"{key}.{dist}", v, kind) for v in values)
+    _check(_finite(low) and _finite(high), f"{key}.{dist}", values, "bounds must be finite")
+    _check(low < high, f"{key}.{dist}", values, "low must be < high")
+    _check(dist != "loguniform" or low > 0, f"{key}.loguniform", values, "bounds must be > 0")
+    return Distribution(dist, (low, high))
+
+
+def _search_from_table(table: Any, fixed_values: dict[str, Any], grid: dict[str, Any]) -> SearchSpec:
+    if not isinstance(table, dict):
+        raise ConfigError("search", table, "expected a table")
+    for key, value in table.items():
+        if key not in _SEARCH_KEYS:
+            raise ConfigError(f"search.{key}", value, f"unknown key; known: {', '.join(_SEARCH_KEYS)}")
+    algorithm = _coerce("search.algorithm", table.get("algorithm", "grid"), str)
+    _check(algorithm in SEARCH_ALGORITHMS, "search.algorithm", algorithm, f"must be one of {', '.join(SEARCH_ALGORITHMS)}")
+    num_samples = _coerce("search.num_samples", table.get("num_samples", 0), int)
+    _check(num_samples >= 1 or "num_samples" not in table, "search.num_samples", num_samples, "must be >= 1")
+    seed = _coerce("search.seed", table.get("seed", 0), int)
+    _check(seed >= 0, "search.seed", seed, "must be >= 0")
+    scheduler = _coerce("search.scheduler", table.get("scheduler", "fifo"), str)
+    _check(scheduler in SCHEDULERS, "search.scheduler", scheduler, f"must be one of {', '.join(SCHEDULERS)}")
+    space_table = table.get("space", {})
+    if not isinstance(space_table, dict):
+        raise ConfigError("search.space", space_table, "expected a table: field = " + _DISTRIBUTION_HELP)
+    space = {name: _distribution(name, raw) for name, raw in space_table.items()}
+    for name in space:
+        if name in fixed_values:
+            raise ConfigError(f"search.space.{name}", space_table[name], "is also set in [fixed]; set it in one place")
+        if name in grid:
+            raise ConfigError(f"search.space.{name}", space_table[name], "is also a [grid] axis; set it in one place")
+    asha_table = table.get("asha")
+    if asha_table is not None and scheduler != "asha":
+        raise ConfigError("search.asha", asha_table, f"is for scheduler = \"asha\" (search.scheduler is {scheduler!r})")
+    asha = AshaSpec(**_coerce_dataclass(AshaSpec, asha_table or {}, "search.asha")) if scheduler == "asha" else None
+    if algorithm == "grid":
+        _check(not space, "search.space", list(space), "needs algorithm = \"optuna\" or \"random\" (the grid takes [grid] axes only)")
+        _check(num_samples <= 1, "search.num_samples", num_samples,
+               "the grid runs each combination once (a trial's seeds are its repeats); use algorithm = \"random\" or \"optuna\"")
+    else:
+        _check(num_samples >= 1, "search.num_samples", "missing", f"required with algorithm = {algorithm!r}: how many trials to draw")
+        _check(bool(space), "search.space", {}, f"algorithm = {algorithm!r} needs at least one field to sample: field = {_DISTRIBUTION_HELP}")
+    if algorithm == "optuna" and grid:
+        raise ConfigError(
+            "search.algorithm", algorithm,
+            f"Optuna cannot search a [grid] ({', '.join(grid)}): Tune's OptunaSearch takes no grid_search; "
+            "move the axes into [search.space] as {choice = [...]}, or use algorithm = \"random\" (grid x samples)",
+        )
+    return SearchSpec(algorithm=algorithm, num_samples=num_samples, seed=seed, space=space, scheduler=scheduler, asha=asha)
+
+
+def _extreme(spec: StudySpec, name: str, pick: Any) -> Any:
+    """The smallest (pick=min) or largest value a trial field takes over the grid and the space."""
+    values = [getattr(t, name) for t in spec.trials]
+    if name in spec.search.space:
+        values = list(spec.search.space[name].bounds)
+    return pick(values)
+
+
+def _resolve_asha(spec: StudySpec) -> StudySpec:
+    """Fill ASHA's defaults from the trials: grace = the first evaluation, max = the longest trial."""
+    asha = spec.search.asha
+    if asha is None:
+        return spec
+    longest = _extreme(spec, "steps", max)
+    grace = asha.grace_steps or min(_extreme(spec, "eval_every", min), longest)
+    resolved = dataclasses.replace(asha, grace_steps=grace, max_steps=asha.max_steps or longest)
+    return dataclasses.replace(spec, search=dataclasses.replace(spec.search, asha=resolved))
+
+
+def _lean_keys(spec: StudySpec) -> list[str]:
+    """The Tune keys every trial reports (study.train.lean_metrics): the trained estimator's probe
+    keys only when every trial trains, and probes, one and the same estimator."""
+    keys = list(LEAN_KEYS)
+    space = spec.search.space
+    relaxations = set(space["relaxation"].bounds) if "relaxation" in space else {t.relaxation for t in spec.trials}
+    if len(relaxations) == 1:
+        (relaxation,) = relaxations
+        if all(relaxation in t.probe_estimators for t in spec.trials):
+            keys += [probe_key(relaxation, stat) for stat in LEAN_PROBE_STATS]
+    return keys
+
+
+def _validate_search(spec: StudySpec, base_dir: Path | None) -> None:
+    search = spec.search
+    if search.asha is not None:
+        a = search.asha
+        longest = _extreme(spec, "steps", max)
+        _check(a.max_steps >= 1, "search.asha.max_steps", a.max_steps, "must be >= 1")
+        _check(a.max_steps <= longest, "search.asha.max_steps", a.max_steps, f"is beyond the longest trial (steps={longest}): its rungs would never be reached")
+        _check(a.grace_steps >= 1, "search.asha.grace_steps", a.grace_steps, "must be >= 1")
+        _check(a.grace_steps < a.max_steps, "search.asha.grace_steps", a.grace_steps, f"must be < max_steps={a.max_steps}")
+        _check(_finite(a.reduction_factor) and a.reduction_factor > 1, "search.asha.reduction_factor", a.reduction_factor, "must be a finite number > 1")
+        _check(a.brackets >= 1, "search.asha.brackets", a.brackets, "must be >= 1")
+        _check(bool(a.rungs(a.brackets - 1)), "search.asha.brackets", a.brackets, f"too many for grace_steps={a.grace_steps}, max_steps={a.max_steps}: the last bracket has no rung")
+    if search.algorithm == "optuna" or search.asha is not None:
+        users = " and ".join(n for n, used in (("Optuna", search.algorithm == "optuna"), ("ASHA", search.asha is not None)) if used)
+        keys = _lean_keys(spec)
+        _check(spec.tune.metric in keys, "tune.metric", spec.tune.metric, f"{users} need a metric every trial reports: one of {', '.join(keys)}")
+    if search.space:
+        _validate_space(spec, base_dir)
+
+
+def _validate_space(spec: StudySpec, base_dir: Path | None) -> None:
+    """Every trial a search can draw is valid: each grid trial at every corner of the space (both
+    bounds of each range, every choice). The checks are intervals and monotone comparisons (for
+    example tau_min <= tau0), so the corners decide them for every point between."""
+    space = spec.search.space
+    names = list(space)
+    corners = math.prod(len(d.bounds) for d in space.values()) * len(spec.trials)
+    _check(corners <= MAX_SPACE_CORNERS, "search.space", names, f"{corners:,} corner trials to validate, more than {MAX_SPACE_CORNERS:,}: search fewer fields or choices")
+    grid_corners = [dict(zip(names, values)) for values in itertools.product(*(d.bounds for d in space.values()))]
+    for trial in spec.trials:
+        failures = []
+        for corner in grid_corners:
+            try:
+                validate_trial(dataclasses.replace(trial, **corner), base_dir=base_dir)
+            except ConfigError as err:
+                if err.key in space:  # a searched field's own value
+                    raise ConfigError(f"search.space.{err.key}", err.value, err.reason) from None
+                failures.append((corner, err))
+        if failures and len(failures) == len(grid_corners):
+            raise failures[0][1]  # wrong wherever the search goes: a [fixed] or [grid] value
+        if failures:  # a fixed or grid field that does not fit part of the space: name the searched
+            corner, err = failures[0]  # field whose other bound or choice would fit
+            name = next((n for n in names if any(_valid(dataclasses.replace(trial, **{**corner, n: v}), base_dir) for v in space[n].bounds)), names[0])
+            raise ConfigError(f"search.space.{name}", corner[name], f"{err.key}={err.value!r}: {err.reason}")
+
+
+def _valid(cfg: TrialConfig, base_dir: Path | None) -> bool:
+    try:
+        validate_trial(cfg, base_dir=base_dir)
+    except ConfigError:
+        return False
+    return True
+
+
+def _check_packages(spec: StudySpec) -> None:
+    """An optional feature whose package is missing: one line naming the extra that installs it."""
+    wanted = [("search.algorithm", "optuna")] if spec.search.algorithm == "optuna" else []
+    wanted += [("tune.loggers", name) for name in spec.tune.loggers]
+    for key, feature in wanted:
+        module, extra = PACKAGES[feature]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(key, feature, f"needs the {module} package, which is not installed: pip install 'gumbel-study[{extra}]'")
 
 
 # ---------------------------------------------------------------- loading
 
 
-_TOP_KEYS = {"name", "seeds", "fixed", "grid", "resources", "tune"}
+_TOP_KEYS = {"name", "seeds", "fixed", "grid", "resources", "tune", "search"}
 
 
 def spec_from_dict(data: dict[str, Any], *, source: str = "", base_dir: Path | None = None) -> StudySpec:
@@ -345,9 +621,11 @@ def spec_from_dict(data: dict[str, Any], *, source: str = "", base_dir: Path | N
         grid[axis] = tuple(_coerce(f"grid.{axis}", v, _TRIAL_TYPES[axis]) for v in values)
     resources = ResourceSpec(**_coerce_dataclass(ResourceSpec, data.get("resources", {}), "resources"))
     tune = TuneSpec(**_coerce_dataclass(TuneSpec, data.get("tune", {}), "tune"))
+    search = _search_from_table(data.get("search", {}), fixed_values, grid)
     first = {axis: values[0] for axis, values in grid.items() if values}
     fixed = TrialConfig(**fixed_values, **first)
-    spec = StudySpec(name=name, seeds=seeds, fixed=fixed, grid=grid, resources=resources, tune=tune, source=source)
+    spec = StudySpec(name=name, seeds=seeds, fixed=fixed, grid=grid, resources=resources, tune=tune, source=source, search=search)
+    spec = _resolve_asha(spec)
     _validate_spec(spec, base_dir)
     return spec
 
@@ -367,14 +645,22 @@ def _absolute_streams(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
         data["fixed"]["target"] = _absolute_stream(data["fixed"]["target"], base_dir)
     if isinstance(data.get("grid"), dict) and isinstance(data["grid"].get("target"), list):
         data["grid"]["target"] = [_absolute_stream(t, base_dir) for t in data["grid"]["target"]]
+    search = data.get("search")
+    if isinstance(search, dict) and isinstance(search.get("space"), dict):
+        target = search["space"].get("target")
+        if isinstance(target, dict) and isinstance(target.get("choice"), list):
+            space = dict(search["space"], target={**target, "choice": [_absolute_stream(t, base_dir) for t in target["choice"]]})
+            data["search"] = dict(search, space=space)
     return data
 
 
 def _override_streams(key: str, value: Any) -> Any:
     """A `--set` stream path is relative to the shell's directory (`target`, `fixed.target`,
-    `grid.target`, a list for a grid axis)."""
+    `grid.target`, a list for a grid axis, `search.space.target={choice = [...]}`)."""
     if _override_setting(key) != "target":
         return value
+    if isinstance(value, dict) and isinstance(value.get("choice"), list):
+        return {**value, "choice": [_absolute_stream(v, Path.cwd()) for v in value["choice"]]}
     if isinstance(value, list):
         return [_absolute_stream(v, Path.cwd()) for v in value]
     return _absolute_stream(value, Path.cwd())
@@ -421,12 +707,18 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def _override_setting(key: str) -> str:
-    """The setting an override key names: the trial field X for `X`, `fixed.X` and `grid.X`; the
-    key itself otherwise (`seeds`, `name`, `resources.X`, `tune.X`, or an unknown key)."""
+    """The setting an override key names: the trial field X for `X`, `fixed.X`, `grid.X` and
+    `search.space.X`; the key itself otherwise (`seeds`, `name`, `resources.X`, `tune.X`,
+    `search.X`, `search.asha.X`, or an unknown key)."""
     section, dot, sub = key.partition(".")
     if dot and section in ("fixed", "grid") and sub in _TRIAL_TYPES:
         return sub
+    if key.startswith(_SPACE_PREFIX) and key[len(_SPACE_PREFIX) :] in _TRIAL_TYPES:
+        return key[len(_SPACE_PREFIX) :]
     return key
+
+
+_SPACE_PREFIX = "search.space."
 
 
 def _table(data: dict[str, Any], section: str) -> dict[str, Any]:
@@ -434,6 +726,32 @@ def _table(data: dict[str, Any], section: str) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(section, table, "expected a table")
     return table
+
+
+def _unsearch(data: dict[str, Any], name: str) -> None:
+    """X pinned or made a grid axis leaves [search.space] (the copy apply_overrides made)."""
+    search = data.get("search")
+    if isinstance(search, dict) and isinstance(search.get("space"), dict):
+        search["space"].pop(name, None)
+
+
+def _search_override(data: dict[str, Any], key: str, sub: str, value: Any) -> None:
+    """`search.X`, `search.asha.X`, `search.space.X` (X then leaves [fixed] and [grid])."""
+    search = _table(data, "search")
+    table, dot, name = sub.partition(".")
+    if not dot and table in _SEARCH_KEYS and table not in ("space", "asha"):
+        search[table] = value
+    elif dot and table == "asha":
+        _table(search, "asha")[name] = value
+    elif dot and table == "space" and name in _TRIAL_TYPES:
+        _table(search, "space")[name] = value
+        for section in ("fixed", "grid"):
+            if isinstance(data.get(section), dict):
+                data[section].pop(name, None)
+    elif dot and table == "space":
+        raise ConfigError(key, value, f"unknown trial field; known: {', '.join(_TRIAL_TYPES)}")
+    else:
+        raise ConfigError(key, value, "unknown key; use search.algorithm, search.num_samples, search.seed, search.scheduler, search.asha.X or search.space.X (X a trial field)")
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -445,11 +763,15 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
       axis there; the value is X's value (a list only for a list field such as probe_taus).
     - `grid.X` with a list: make X a grid axis with those values (X leaves [fixed]).
       `grid.X` with anything else: pin X, exactly as `X`.
-    - `seeds`, `name`: the top level. `resources.X`, `tune.X`: those tables.
+    - `search.space.X` with a distribution (`{loguniform = [0.1, 10]}`): search X (it leaves
+      [fixed] and [grid]).
+    - `seeds`, `name`: the top level. `resources.X`, `tune.X`, `search.X` (algorithm,
+      num_samples, seed, scheduler), `search.asha.X`: those tables.
     - anything else: ConfigError naming the key.
 
-    `X`, `fixed.X` and `grid.X` are one setting: an override replaces everything the spec says
-    about X, so it also settles a spec that has X both in [grid] and in [fixed]. Every other key
+    `X`, `fixed.X`, `grid.X` and `search.space.X` are one setting: an override replaces everything
+    the spec says about X (a pinned X leaves [search.space] too), so it also settles a spec that
+    has X both in [grid] and in [fixed]. Every other key
     is its own setting. Each override writes its setting only, so overrides of distinct settings
     give the same result in any order; of two overrides of one setting the later one (in dict
     order, which `parse_overrides` keeps as command-line order) wins. The grid's axis order, which
@@ -460,6 +782,8 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     are checked when the spec is built.
     """
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    if isinstance(data.get("search"), dict):  # nested tables: copy them too
+        data["search"] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data["search"].items()}
     spec_axes = list(data["grid"]) if isinstance(data.get("grid"), dict) else []
     for key, value in overrides.items():
         section, dot, sub = key.partition(".")
@@ -468,6 +792,9 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
             continue
         if dot and section in ("resources", "tune"):
             _table(data, section)[sub] = value
+            continue
+        if dot and section == "search":
+            _search_override(data, key, sub, value)
             continue
         if not dot and key in _TRIAL_TYPES:
             name, axis = key, False
@@ -488,6 +815,7 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
             _table(data, "fixed")[name] = _coerce(key, value, kind)
             if isinstance(data.get("grid"), dict):
                 data["grid"].pop(name, None)
+        _unsearch(data, name)
     if isinstance(data.get("grid"), dict):
         grid = data["grid"]
         order = [a for a in spec_axes if a in grid] + [a for a in _TRIAL_TYPES if a in grid and a not in spec_axes]

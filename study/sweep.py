@@ -85,6 +85,7 @@ def param_space(spec: StudySpec) -> dict[str, Any]:
     space: dict[str, Any] = spec.fixed.to_dict()
     for axis, values in spec.grid.items():
         space[axis] = tune.grid_search([list(v) if isinstance(v, tuple) else v for v in values])
+    space.update(search_domains(spec))
     space.update(seeds=spec.seeds, checkpoint_every=spec.tune.checkpoint_every, cpus=spec.resources.cpus)
     return space
 
@@ -147,7 +148,7 @@ class _Progress(tune.Callback):
     """One line per finished or failed trial, and a status line at most every `every_s` seconds."""
 
     def __init__(self, spec: StudySpec, every_s: float = 10.0):
-        self.grid = list(spec.grid)
+        self.grid = list(spec.grid) + list(spec.search.space)
         self.metric = spec.tune.metric
         self.every_s = every_s
         self.started = time.time()
@@ -179,6 +180,161 @@ class _Progress(tune.Callback):
         print(f"  failed {self._label(trial)} (retries left follow FailureConfig)", file=sys.stderr, flush=True)
 
 
+# ---------------------------------------------------------------- search, scheduler, trackers
+
+
+def search_domains(spec: StudySpec) -> dict[str, Any]:
+    """[search.space] as Tune domains; `int` bounds are both included (Tune's randint excludes the upper)."""
+    out: dict[str, Any] = {}
+    for name, dist in spec.search.space.items():
+        if dist.kind == "choice":
+            out[name] = tune.choice(list(dist.values))
+        elif dist.kind == "int":
+            out[name] = tune.randint(dist.values[0], dist.values[1] + 1)
+        else:
+            out[name] = (tune.loguniform if dist.kind == "loguniform" else tune.uniform)(*dist.values)
+    return out
+
+
+def search_algorithm(spec: StudySpec):
+    """None for the grid (Tune's default generator); seeded random sampling; or Optuna's TPE.
+    Metric and mode come from TuneConfig ([tune] metric, mode)."""
+    search = spec.search
+    if search.algorithm == "random":
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=search.seed)
+    if search.algorithm == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=search.seed)
+    return None
+
+
+def searched_dirname(trial) -> str:
+    """`trainable_<id>_<searched values>`: a searcher's trials are tagged with every config key by
+    Tune, which truncates the name before the searched ones (alphabetical) appear."""
+    values = ",".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(trial.evaluated_params.items()))
+    return f"trainable_{trial.trial_id}_{values}"[:120]
+
+
+def scheduler(spec: StudySpec):
+    """ASHA on `step` (discriminator steps, in every report), or None (FIFO: every trial to its end).
+    A trial ASHA stops ends as TERMINATED at the evaluation it was judged on: its record holds
+    every step up to that one (written before the report), and nothing after."""
+    asha = spec.search.asha
+    if asha is None:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="step",
+        max_t=asha.max_steps,
+        grace_period=asha.grace_steps,
+        reduction_factor=asha.reduction_factor,
+        brackets=asha.brackets,
+    )
+
+
+# Keys Tune adds to every result (clock, host, config, bookkeeping): trackers get the lean report
+# the trial sent (~20 keys) and `training_iteration`, the evaluation count W&B and Aim step by.
+_TUNE_KEYS = frozenset({
+    "config", "time_this_iter_s", "time_total_s", "timestamp", "date", "time_since_restore", "iterations_since_restore",
+    "timesteps_since_restore", "timesteps_total", "episodes_total", "pid", "hostname", "node_ip", "trial_id",
+    "experiment_id", "experiment_tag", "checkpoint_dir_name", "done", "should_checkpoint",
+})
+
+
+def lean_result(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in _TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def mlflow_uri(spec: StudySpec, storage: str) -> str | None:
+    """The MLflow tracking URI: [tune] mlflow_uri, else $MLFLOW_TRACKING_URI, else a SQLite file in the
+    experiment directory (MLflow 3 refuses plain file stores unless MLFLOW_ALLOW_FILE_STORE is set)."""
+    if spec.tune.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        return spec.tune.mlflow_uri or None  # None: mlflow reads the environment
+    path = experiment_path(storage, spec.name)
+    if "://" in path:
+        raise ConfigError("tune.mlflow_uri", "", f"needed with a cloud --storage ({storage}): a tracking server or database URI, "
+                          "or set MLFLOW_TRACKING_URI")
+    return f"sqlite:///{Path(path).resolve() / 'mlflow.db'}"
+
+
+class _Tracker(tune.Callback):
+    """A tracker's Tune logger callback, fed the lean reports only (`lean_result`) and the trial's
+    config as its parameters. The real callback is built in `setup`, on the driver, so that a study
+    imports mlflow, wandb or aim only when it names them, and so that this wrapper pickles cheaply
+    into the experiment state (Tuner.restore builds the real one again)."""
+
+    def __init__(self, kind: str, spec: StudySpec, storage: str):
+        self.kind, self.name = kind, spec.name
+        self.uri = mlflow_uri(spec, storage) if kind == "mlflow" else None
+        self.inner = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "inner": None}
+
+    def setup(self, **info):
+        self.inner = _tracker_callback(self.kind, self.name, self.uri)
+        self.inner.setup(**info)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.inner.on_trial_start(iteration, trials, trial, **info)
+
+    def on_trial_restore(self, iteration, trials, trial, **info):
+        self.inner.on_trial_restore(iteration, trials, trial, **info)
+
+    def on_trial_save(self, iteration, trials, trial, **info):
+        self.inner.on_trial_save(iteration, trials, trial, **info)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.inner.on_trial_result(iteration, trials, trial, lean_result(result), **info)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.inner.on_trial_complete(iteration, trials, trial, **info)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.inner.on_trial_error(iteration, trials, trial, **info)
+
+    def on_experiment_end(self, trials, **info):
+        self.inner.on_experiment_end(trials, **info)
+
+
+def _tracker_callback(kind: str, name: str, uri: str | None):
+    """Ray Tune's logger callback for one tracker (imported here: each pulls in its package)."""
+    if kind == "mlflow":
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        class LeanMLflow(MLflowLoggerCallback):
+            """Metrics at the discriminator step of each evaluation, in one batch per report."""
+
+            def log_trial_result(self, iteration, trial, result):
+                now, step = int(time.time() * 1000), int(result["step"])
+                metrics = [Metric(k, float(v), now, step) for k, v in result.items() if k != "training_iteration"]
+                self.client = getattr(self, "client", None) or MlflowClient(self.tracking_uri)
+                self.client.log_batch(self._trial_runs[trial], metrics=metrics)
+
+        return LeanMLflow(tracking_uri=uri, experiment_name=name, tags={"study": name})
+    if kind == "wandb":
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        mode = {"mode": os.environ["WANDB_MODE"]} if os.environ.get("WANDB_MODE") else {}  # also on a cluster's workers
+        return WandbLoggerCallback(project=name, **mode)
+    if kind == "aim":
+        from ray.tune.logger.aim import AimLoggerCallback
+
+        return AimLoggerCallback(experiment_name=name)
+    raise ValueError(f"unknown tracker {kind!r}")
+
+
+def trackers(spec: StudySpec, storage: str) -> list[tune.Callback]:
+    """The `[tune] loggers` callbacks; mlflow's URI is resolved here, before anything runs."""
+    return [_Tracker(kind, spec, storage) for kind in spec.tune.loggers]
+
+
 def _trainable_with_resources(spec: StudySpec):
     return tune.with_resources(trainable, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
 
@@ -192,6 +348,10 @@ def _tuner(spec: StudySpec, storage: str) -> Tuner:
             mode=spec.tune.mode,
             reuse_actors=True,
             max_concurrent_trials=spec.tune.max_concurrent or None,
+            search_alg=search_algorithm(spec),
+            scheduler=scheduler(spec),
+            num_samples=spec.search.samples,
+            trial_dirname_creator=searched_dirname if spec.search.algorithm == "optuna" else None,
         ),
         run_config=RunConfig(
             name=spec.name,
@@ -205,7 +365,7 @@ def _tuner(spec: StudySpec, storage: str) -> Tuner:
             # checkpoint (and at the trial's end), so that a restored trial finds every row up to
             # its checkpoint in storage and rewrites the rows after it.
             sync_config=SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True),
-            callbacks=[_Progress(spec)],
+            callbacks=[_Progress(spec), *trackers(spec, storage)],
             verbose=0,
         ),
     )
@@ -227,6 +387,7 @@ def run_study(
     """Run (or resume) a study; print where the results are. Returns a process exit code."""
     storage = _storage_path(storage)
     path = experiment_path(storage, spec.name)
+    trackers(spec, storage)  # a tracker that cannot log (mlflow, cloud storage, no URI) fails before anything is written
     if resume and not Tuner.can_restore(path):
         raise ConfigError("--resume", path, "no restorable experiment there")
     if not resume and "://" not in path and Path(path, "tuner.pkl").exists():
