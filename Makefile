@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 
-.PHONY: install sysdeps test test-fast test-multinode study bench clean
+.PHONY: install sysdeps test test-fast test-multinode study bench bench-scale clean
 
 # constraints/cpu.txt pins torch==2.13.0 so that pip takes the CPU wheel, not a multi-GB CUDA build.
 $(STAMP): pyproject.toml constraints/cpu.txt
@@ -47,6 +47,12 @@ study: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# Every trial of experiments/tradeoff.toml (1,344 x 32 seeds, 21 evaluations) with training and
+# probes cut, then its report: Tune's costs at scale (benchmarks/scale.py; over an hour on 2 cores,
+# run it on a quiet machine). SCALE_ARGS="--trials 336" runs a quarter and extrapolates.
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/scale.py $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
