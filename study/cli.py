@@ -64,8 +64,9 @@ def _format_grid(spec: StudySpec) -> str:
     if search.asha:
         a = search.asha
         rungs = ", ".join(f"{r:g}" for r in a.rungs())
-        lines.append(f"  scheduler:     asha on step, {tune.mode} {tune.metric}: grace {a.grace_steps}, max {a.max_steps}, reduction factor {a.reduction_factor:g}, "
-                     f"{a.brackets} bracket{'s' if a.brackets > 1 else ''}; rungs at step {rungs} (judged at the first evaluation at or after each)")
+        lines.append(f"  scheduler:     asha on step, {tune.mode} {tune.metric}: grace {a.grace_steps}, max {a.max_steps}, "
+                     f"reduction factor {a.reduction_factor:g}, {a.brackets} bracket{'s' if a.brackets > 1 else ''}")
+        lines.append(f"                 rungs at step {rungs} (judged at the first evaluation at or after each)")
     if tune.loggers:
         where = {
             "mlflow": f"mlflow ({tune.mlflow_uri or 'MLFLOW_TRACKING_URI, else sqlite:///STORAGE/' + spec.name + '/mlflow.db'}, experiment {spec.name!r})",

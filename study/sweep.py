@@ -270,13 +270,18 @@ class _Tracker(tune.Callback):
     def __init__(self, kind: str, spec: StudySpec, storage: str):
         self.kind, self.name = kind, spec.name
         self.uri = mlflow_uri(spec, storage) if kind == "mlflow" else None
+        path = experiment_path(storage, spec.name)
+        # W&B and Aim write from the driver: into the experiment directory when it is local. Left
+        # to their default (the trial's directory in Ray's staging area), files they write after
+        # a trial's last sync to storage would never get there.
+        self.local_dir = None if "://" in path else str(Path(path).resolve())
         self.inner = None
 
     def __getstate__(self):
         return {**self.__dict__, "inner": None}
 
     def setup(self, **info):
-        self.inner = _tracker_callback(self.kind, self.name, self.uri)
+        self.inner = _tracker_callback(self.kind, self.name, self.uri, self.local_dir)
         self.inner.setup(**info)
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -301,7 +306,7 @@ class _Tracker(tune.Callback):
         self.inner.on_experiment_end(trials, **info)
 
 
-def _tracker_callback(kind: str, name: str, uri: str | None):
+def _tracker_callback(kind: str, name: str, uri: str | None, local_dir: str | None):
     """Ray Tune's logger callback for one tracker (imported here: each pulls in its package)."""
     if kind == "mlflow":
         from mlflow.entities import Metric
@@ -321,12 +326,14 @@ def _tracker_callback(kind: str, name: str, uri: str | None):
     if kind == "wandb":
         from ray.air.integrations.wandb import WandbLoggerCallback
 
-        mode = {"mode": os.environ["WANDB_MODE"]} if os.environ.get("WANDB_MODE") else {}  # also on a cluster's workers
-        return WandbLoggerCallback(project=name, **mode)
+        options = {"mode": os.environ["WANDB_MODE"]} if os.environ.get("WANDB_MODE") else {}  # also on a cluster's workers
+        if local_dir:
+            options["dir"] = local_dir  # runs in STORAGE/NAME/wandb/
+        return WandbLoggerCallback(project=name, **options)
     if kind == "aim":
         from ray.tune.logger.aim import AimLoggerCallback
 
-        return AimLoggerCallback(experiment_name=name)
+        return AimLoggerCallback(repo=local_dir, experiment_name=name)  # repo STORAGE/NAME/.aim
     raise ValueError(f"unknown tracker {kind!r}")
 
 

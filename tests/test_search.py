@@ -133,7 +133,7 @@ def test_check_prints_the_search(tmp_path, capsys):
     assert "relaxation     choice soft, hard" in out
     assert "batch_size     int [16, 64] (both included)" in out
     # ASHA's defaults: grace = eval_every, max = steps
-    assert "scheduler:     asha on step, min fit/tv: grace 20, max 60, reduction factor 2, 1 bracket; rungs at step 20, 40" in out
+    assert "scheduler:     asha on step, min fit/tv: grace 20, max 60, reduction factor 2, 1 bracket\n                 rungs at step 20, 40" in out
     assert "replica-steps: at most" in out
     fixed = next(line for line in out.splitlines() if line.startswith("  fixed:"))
     assert "tau0=" not in fixed and "relaxation=" not in fixed and "batch_size=" not in fixed
@@ -287,3 +287,8 @@ def test_asha_stops_trials_and_they_end_cleanly(tmp_path):
         assert steps == [0, 20, 40, 60][: len(steps)]
         _assert_record(trial_dir, steps)  # complete up to the stop, nothing after it
     assert last_step[0.5] == 60 and last_step[2.0] == 20 and last_step[4.0] == 20, last_step
+
+
+def test_the_search_experiment_is_valid():
+    spec = load_spec(ROOT / "experiments" / "search.toml")
+    assert spec.search.algorithm == "optuna" and spec.search.asha is not None and spec.search.asha.rungs() == [250, 750]
