@@ -51,8 +51,9 @@ def gumbel_noise(
 
 
 class _NarrowSoftmax(torch.autograd.Function):
-    """Softmax over a short last dim. torch's CPU kernel vectorises along that dim and is ~3x
-    slower than these whole-tensor ops when it holds a few dozen entries (benchmarks/README.md)."""
+    """Softmax over a short last dim as whole-tensor ops. torch's CPU kernel vectorises along the
+    last dim, which leaves most of each vector idle when that dim holds a few dozen entries
+    (benchmarks/README.md)."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
@@ -68,12 +69,12 @@ class _NarrowSoftmax(torch.autograd.Function):
         return gy - y * gy.sum(dim=-1, keepdim=True)  # the softmax Jacobian-vector product
 
 
-_NARROW = 64  # below this many categories the whole-tensor form is faster on CPU
+WHOLE_TENSOR_SOFTMAX_BELOW = 64  # categories: below this, the whole-tensor softmax is the faster one on CPU
 
 
 def softmax(x: Tensor) -> Tensor:
     """Softmax over the last dim, fast for the small K of these studies on CPU."""
-    if x.shape[-1] < _NARROW and x.device.type == "cpu":
+    if x.shape[-1] < WHOLE_TENSOR_SOFTMAX_BELOW and x.device.type == "cpu":
         return _NarrowSoftmax.apply(x)
     return torch.softmax(x, dim=-1)
 

@@ -6,9 +6,11 @@
                who used N in {500, 1000}, rate in {1e-5, 1e-4}, tau_min = 0.5)
 - linear:      tau(t) = max(tau_min, tau0 - rate * t)
 
-A schedule is built once by `make_schedule` (or one of the named factories), validated there, then
-called as `schedule(step) -> float`. `tau_tensor` evaluates the same formula for per-replica
-tensors of tau0 and rate, which is how a population anneals R replicas in one op.
+The formulas are written once, in study.vocab.schedule_tau. A `Schedule` is built once (by
+`make_schedule`, a named factory, or TrialConfig.schedule_for), validated there, then called as
+`schedule(step) -> float`, or `schedule.tensor(step, shape, dtype=..., device=...)` for the same
+temperature as a tensor in a population's dtype (how a population anneals its replicas in one op).
+`tau_tensor` is the formula on tensors of tau0 and rate.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from study.vocab import SCHEDULES, schedule_tau
 
 __all__ = [
     "SCHEDULES",
@@ -29,8 +33,6 @@ __all__ = [
     "stepwise",
     "tau_tensor",
 ]
-
-SCHEDULES = ("constant", "exponential", "stepwise", "linear")
 
 
 def _finite_positive(name: str, value: float) -> None:
@@ -59,18 +61,8 @@ def validate(kind: str, tau0: float, rate: float, tau_min: float, interval: int)
 
 
 def tau_tensor(kind: str, step: int, tau0: Tensor, rate: Tensor, tau_min: float, interval: int = 1) -> Tensor:
-    """The schedule formula at `step` for tensors of tau0 and rate (any matching shape)."""
-    if kind == "constant":
-        return tau0.clone()
-    if kind == "exponential":
-        tau = tau0 * torch.exp(-rate * float(step))
-    elif kind == "stepwise":
-        tau = tau0 * torch.exp(-rate * float(interval * (step // interval)))
-    elif kind == "linear":
-        tau = tau0 - rate * float(step)
-    else:
-        raise ValueError(f"unknown schedule {kind!r}; known: {', '.join(SCHEDULES)}")
-    return tau.clamp_min(tau_min)
+    """vocab.schedule_tau at `step` for tensors of tau0 and rate (any matching shape), in their dtype."""
+    return schedule_tau(kind, float(step), tau0, rate, tau_min, interval, exp=torch.exp, floor=Tensor.clamp_min)
 
 
 @dataclass(frozen=True)
@@ -85,11 +77,22 @@ class Schedule:
         validate(self.kind, self.tau0, self.rate, self.tau_min, self.interval)
 
     def __call__(self, step: int) -> float:
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be an integer >= 0, got step={step!r}")
-        one = torch.tensor(1.0, dtype=torch.float64)
-        tau = tau_tensor(self.kind, step, one * self.tau0, one * self.rate, self.tau_min, self.interval)
-        return float(tau)
+        _check_step(step)
+        return float(schedule_tau(self.kind, step, self.tau0, self.rate, self.tau_min, self.interval))
+
+    def tensor(self, step: int, shape: tuple[int, ...] = (), *, dtype: torch.dtype = torch.float32,
+               device: torch.device | str | None = None) -> Tensor:
+        """tau at `step` as a tensor of `shape`, computed in `dtype` (so in float32 for a float32
+        population: not the float64 value rounded)."""
+        _check_step(step)
+        tau0 = torch.full(shape, self.tau0, dtype=dtype, device=device)
+        rate = torch.full(shape, self.rate, dtype=dtype, device=device)
+        return tau_tensor(self.kind, step, tau0, rate, self.tau_min, self.interval)
+
+
+def _check_step(step: int) -> None:
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be an integer >= 0, got step={step!r}")
 
 
 def make_schedule(kind: str, tau0: float, rate: float = 0.0, tau_min: float = 0.5, interval: int = 1) -> Schedule:

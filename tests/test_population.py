@@ -1,12 +1,13 @@
-"""Population equivalence and checkpoint determinism."""
+"""Population: replicas equal their runs alone, training equals its estimators, checkpoint determinism."""
 
 import dataclasses
 
 import pytest
 import torch
 
+from study import discriminator
 from study.config import TrialConfig
-from study.population import Population, ReplicaSettings
+from study.population import Population
 from study.train import Trial, load_state, save_state
 
 # float64 so that batched matmul vs a single-replica matmul differ only by summation order:
@@ -55,63 +56,46 @@ def test_replica_equals_single_run(tmp_path, case):
         _assert_replica_equals_run_alone(pop, seed, cfg)
 
 
-def test_mixed_relaxations_match_their_single_runs(tmp_path):
-    """Per-replica relaxation, tau0 and target: each replica still equals its run alone."""
-    cfg = _config(tmp_path)
-    settings = ReplicaSettings(tau0=(0.5, 1.0, 2.0), rate=(0.0, 0.01, 0.02), relaxation=("hard", "soft", "gumbel_rao"),
-                               target=("uniform", "zipf:s=1.0", "binomial:p=0.3"))
-    pop = Population(cfg, [1, 2, 3], settings=settings)
-    pop.train(cfg.steps)
-    for i, seed in enumerate([1, 2, 3]):
-        alone_cfg = dataclasses.replace(cfg, tau0=settings.tau0[i], anneal_rate=settings.rate[i],
-                                        relaxation=settings.relaxation[i], target=settings.target[i])
-        _assert_replica_equals_run_alone(pop, seed, alone_cfg)
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_chunked_discriminator_passes_match_one_pass(tmp_path, case, monkeypatch):
     """Large populations run D's forward and backward in chunks of replicas (and send dloss/dy
     through the sampler in a second pass); forcing one replica per chunk must not change training,
     and each replica must still equal its run alone (which takes the one-pass path)."""
-    import study.population as population
-
     cfg = _config(tmp_path, **CASES[case])
     seeds = [11, 12, 13]
-    settings = ReplicaSettings(relaxation=("soft", "hard", "reinforce")) if case == "logits-logistic-soft" else ReplicaSettings()
-    whole = Population(cfg, seeds, settings=settings)
+    whole = Population(cfg, seeds)
     whole.train(cfg.steps)
-    monkeypatch.setattr(population, "_CHUNK_BYTES", 1)  # one replica per chunk
-    chunked = Population(cfg, seeds, settings=settings)
-    assert len(chunked._chunks(cfg.batch_size)) == len(seeds)
+    monkeypatch.setattr(discriminator, "CHUNK_BYTES", 1)  # one replica per chunk
+    chunked = Population(cfg, seeds)
+    assert len(discriminator.replica_chunks(chunked.disc_params, cfg.batch_size)) == len(seeds)
     chunked.train(cfg.steps)
     for r in range(len(seeds)):
         for got, want in zip(_params(chunked, r), _params(whole, r)):
             torch.testing.assert_close(got, want, atol=EQUIVALENCE_ATOL, rtol=0)
     torch.testing.assert_close(chunked.loss_sums, whole.loss_sums, atol=EQUIVALENCE_ATOL, rtol=0)
     monkeypatch.undo()
-    if case != "logits-logistic-soft":
-        _assert_replica_equals_run_alone(chunked, seeds[1], cfg)
+    _assert_replica_equals_run_alone(chunked, seeds[1], cfg)
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_distinct_one_hot_rows_match_the_full_batch(tmp_path, case):
     """The D step feeds B one-hot samples as K weighted unit vectors when K < B (_d_inputs): the
     same loss and gradients as the B rows, so training must not change. CASES have K = 4 < B = 8;
-    the mixed case has a soft replica, so only its real half is deduplicated."""
+    in the soft case only the real half is one-hot, so only it is reduced."""
     cfg = _config(tmp_path, **CASES[case])
     seeds = [11, 12, 13]
-    settings = ReplicaSettings(relaxation=("soft", "hard", "reinforce")) if case == "logits-logistic-soft" else ReplicaSettings()
-    full = Population(cfg, seeds, settings=settings, distinct_rows=False)
-    dedup = Population(cfg, seeds, settings=settings)
+    full = Population(cfg, seeds, distinct_rows=False)
+    dedup = Population(cfg, seeds)
     assert dedup.distinct_rows and not full.distinct_rows
-    x_full, _, _ = full._d_inputs(full._next_carvers(), full.tau())
-    x_dedup, w_dedup, n_real = dedup._d_inputs(dedup._next_carvers(), dedup.tau())
+    assert dedup.vertex_fakes == (cfg.relaxation != "soft")
+    x_full, _, _ = full._d_inputs(full.random_blocks.next_step(), full.tau())
+    x_dedup, w_dedup, n_real = dedup._d_inputs(dedup.random_blocks.next_step(), dedup.tau())
     B, K = cfg.batch_size, cfg.categories
     assert x_full.shape[1] == 2 * B
-    assert n_real == K and x_dedup.shape[1] == K + (K if dedup._vertex_fakes else B)
+    assert n_real == K and x_dedup.shape[1] == K + (K if dedup.vertex_fakes else B)
     torch.testing.assert_close(w_dedup.sum(dim=1), torch.full((3,), 2.0, dtype=torch.float64))  # each half weighs 1
-    full = Population(cfg, seeds, settings=settings, distinct_rows=False)
-    dedup = Population(cfg, seeds, settings=settings)
+    full = Population(cfg, seeds, distinct_rows=False)
+    dedup = Population(cfg, seeds)
     full.train(cfg.steps)
     dedup.train(cfg.steps)
     for r in range(len(seeds)):
@@ -129,7 +113,9 @@ def test_generator_loss_on_vertices_matches_full_batch(tmp_path, relaxation):
     results = []
     for distinct in (False, True):
         pop = Population(cfg, [5, 6], distinct_rows=distinct)
-        loss, surrogate = pop._generator_loss(pop._next_carvers(), pop.tau())
+        numbers, tau = pop.random_blocks.next_step(), pop.tau()
+        pop._d_inputs(numbers, tau)  # the D step's draws come first in a step's layout
+        loss, surrogate = pop._generator_loss(numbers, tau)
         results.append((loss, torch.autograd.grad(surrogate.sum(), pop.gen_params)))
     (loss_full, grads_full), (loss_dedup, grads_dedup) = results
     # float64: the two differ only by summation order and by ST samples being vertex - s + s, not the vertex
@@ -208,7 +194,7 @@ def test_evaluate_reports_every_metric(tmp_path):
 
 
 def test_fit_metrics_closed_form():
-    from study.population import fit_metrics
+    from study.evaluation import fit_metrics
 
     p = torch.tensor([[0.5, 0.5, 0.0]], dtype=torch.float64)
     q = torch.tensor([[0.25, 0.25, 0.5]], dtype=torch.float64)
@@ -247,29 +233,32 @@ def _discriminator_params(widths, gen):
     return [(torch.randn(shape, generator=gen, dtype=torch.float64) / n**0.5).requires_grad_() for shape, n in shapes]
 
 
-# widths: logistic regression, a narrow input (K <= _NARROW, transposed input gradient), a wide one, depth 3
+# widths: logistic regression, a narrow input (K <= TRANSPOSED_INPUT_GRAD_MAX_WIDTH: transposed input gradient), a wide one, depth 3
 DISCRIMINATORS = [(4, 1), (10, 8, 1), (20, 8, 8, 1), (3, 5, 6, 4, 1)]
 
 
 @pytest.mark.parametrize("widths", DISCRIMINATORS)
 def test_hand_written_discriminator_gradients(widths):
-    """_disc_forward / _disc_backward (through _Discriminator) against finite differences, float64,
-    for the input and every parameter together, and the forward against the autograd reference."""
-    from study.population import _Discriminator
+    """discriminator.forward / backward (through DiscriminatorFn) against finite differences,
+    float64, for the input and every parameter together, and the forward against the autograd reference."""
+    from study.discriminator import DiscriminatorFn
 
     gen = torch.Generator().manual_seed(sum(widths))
     x = torch.randn(3, 7, widths[0], generator=gen, dtype=torch.float64, requires_grad=True)
     params = _discriminator_params(widths, gen)
-    assert torch.autograd.gradcheck(lambda x, *p: _Discriminator.apply(x, *p), (x, *params))
-    torch.testing.assert_close(_Discriminator.apply(x, *params), _reference_discriminator(x, params))
+    assert torch.autograd.gradcheck(lambda x, *p: DiscriminatorFn.apply(x, *p), (x, *params))
+    torch.testing.assert_close(DiscriminatorFn.apply(x, *params), _reference_discriminator(x, params))
 
 
 @pytest.mark.parametrize("widths", DISCRIMINATORS)
 def test_hand_written_d_step_and_g_pass_match_autograd(widths):
     """The training paths, which skip autograd: the D loss with its closed-form dloss/dlogits and
-    the parameter gradients (_d_pass), and the G pass's per-sample loss and input gradient
-    (_g_pass), against autograd on the reference discriminator; and nothing unasked is computed."""
-    from study.population import _d_pass, _disc_backward, _disc_forward, _g_pass
+    the parameter gradients (d_pass), and the G pass's per-sample loss and input gradient
+    (g_pass), against autograd on the reference discriminator; and nothing unasked is computed."""
+    from study.discriminator import backward as _disc_backward
+    from study.discriminator import d_pass as _d_pass
+    from study.discriminator import forward as _disc_forward
+    from study.discriminator import g_pass as _g_pass
 
     gen = torch.Generator().manual_seed(7 * sum(widths))
     params = _discriminator_params(widths, gen)
@@ -348,3 +337,150 @@ def test_training_steps_reuse_their_memory():
     default = faults(MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
     assert default > 1000, default  # the mechanism is real here: several 2 MiB tensors per step
     assert tuned < default / 20, (tuned, default)
+
+
+# ---------------------------------------------------------------------------------------------
+# One implementation: what trains under a name is what the probe under that name measures
+
+
+def _g_step_segments(pop: Population, row: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The first G step's Exp(1) numbers of one step's row [R, M], by segment name, [R, *shape]."""
+    out, offset = {}, 0
+    for name, shape in pop.random_blocks.layout.segments:
+        n = int(torch.tensor(shape).prod())
+        if name.startswith("g0/"):
+            out[name[3:]] = row[:, offset : offset + n].reshape(row.shape[0], *shape)
+        offset += n
+    return out
+
+
+@pytest.mark.parametrize("distinct", [True, False])
+@pytest.mark.parametrize("relaxation", ["soft", "hard", "gumbel_rao", "reinforce"])
+def test_training_gradient_is_the_estimators_estimate(tmp_path, relaxation, distinct):
+    """At fixed noise, a G step's gradient w.r.t. the free logits equals the estimate of
+    estimate_gradients(relaxation, samples_per_estimate=B) fed the same Exp(1) numbers: the same
+    sampler, the same gradient rule, REINFORCE's leave-one-out baseline over the same B samples.
+    With distinct rows the population evaluates D at the K vertices and gathers; without, at the B
+    samples; the estimator differentiates f by autograd."""
+    from study.discriminator import disc_logits
+    from study.estimators import estimate_gradients
+
+    cfg = _config(tmp_path, relaxation=relaxation, discriminator="mlp", disc_width=8, gumbel_rao_k=3)
+    pop = Population(cfg, [5, 6, 7], distinct_rows=distinct)
+    pop.train(3)  # away from the initial parameters
+    numbers, tau = pop.random_blocks.next_step(), pop.tau()
+    segments = _g_step_segments(pop, numbers.row)
+    pop._d_inputs(numbers, tau)
+    _, surrogate = pop._generator_loss(numbers, tau)
+    (trained,) = torch.autograd.grad(surrogate.sum(), pop.gen_params)  # [R, K]
+
+    def replay(name, shape):
+        # The estimator lays samples out [N = 1, (k,) S = B, R, K] for logits [R, K]; the population [R, (k,) B, K].
+        return segments[name].movedim(0, -2).unsqueeze(0)
+
+    logits = pop.gen_params[0].detach()  # [R, K]
+    f = lambda y: torch.nn.functional.softplus(-disc_logits(y, pop.disc_params, replica_dim=-2))  # noqa: E731
+    options = {"k": 3} if relaxation == "gumbel_rao" else {}
+    (estimated,) = estimate_gradients(relaxation, logits, f, tau=tau.view(-1, 1), num_estimates=1,
+                                      samples_per_estimate=cfg.batch_size, noise=replay, **options)
+    assert trained.abs().max() > 1e-6  # a real gradient, not two zeros
+    # float64, the same arithmetic up to summation order over the batch (layouts [R, B, K] vs
+    # [1, B, R, K]) and to where 1/B is applied: a few ulp of O(1) terms summed over B = 8, so
+    # ~1e-15. 1e-12 is far below any real difference (a baseline or a sample apart is O(gradient)).
+    torch.testing.assert_close(estimated, trained, rtol=0, atol=1e-12)
+
+
+def test_step_layout_is_declared_and_enforced(tmp_path):
+    """Every draw of a step is carved in the order and shapes of the step's layout; a step that
+    draws out of order, or leaves numbers unused, is an error."""
+    cfg = _config(tmp_path, relaxation="gumbel_rao", generator="mlp", gen_hidden=8, gen_noise_dim=3, gumbel_rao_k=3, g_steps=2)
+    pop = Population(cfg, [1, 2])
+    B, K, Z, k = cfg.batch_size, cfg.categories, cfg.gen_noise_dim, cfg.gumbel_rao_k
+    layout = pop.random_blocks.layout
+    assert [name for name, _ in layout.segments] == [
+        "real", "d/noise", "d/gumbel", "g0/noise", "g0/gumbel", "g0/conditional", "g1/noise", "g1/gumbel", "g1/conditional"]
+    assert layout.numbers == B + 3 * 2 * B * Z + 3 * B * K + 2 * k * B * K
+    with pytest.raises(AssertionError, match="noise"):
+        pop.random_blocks.next_step().take("noise", (2, B, Z))  # the real samples come first
+    numbers = pop.random_blocks.next_step()
+    numbers.take("real", (B,))
+    with pytest.raises(AssertionError, match="used"):
+        numbers.finish()
+    pop.train(2)  # a whole step uses its row exactly
+
+
+def test_population_builds_and_follows_its_schedule(tmp_path):
+    """The population's temperatures come from the trial's Schedule: built (and so validated) at
+    construction, evaluated in the population's dtype."""
+    with pytest.raises(ValueError, match="tau_min=0.2"):
+        Population(_config(tmp_path, tau0=0.1, tau_min=0.2), [0])  # exponential: tau_min > tau0
+    cfg = _config(tmp_path, dtype="float32", schedule="stepwise", anneal_interval=7, anneal_rate=0.05, tau_min=0.1)
+    pop = Population(cfg, [0, 1])
+    schedule = cfg.schedule_for()
+    for step in (0, 6, 7, 100, 10**6):
+        tau = pop.tau(step)
+        assert tau.shape == (2,) and tau.dtype == torch.float32
+        assert torch.equal(tau, schedule.tensor(step, (2,), dtype=torch.float32))
+        # The float32 evaluation against the float64 one: float32 rounding of exp's argument and
+        # result, a few eps32 relative.
+        assert float(tau[0]) == pytest.approx(schedule(step), rel=8 * torch.finfo(torch.float32).eps)
+
+
+def _probe_rows(pop):
+    rows = pop.evaluate().rows(probes=True)
+    return {row["seed"]: row for row in rows}
+
+
+def test_probes_measure_the_training_estimators(tmp_path):
+    """Each probe's variance is that of the estimate a training step makes (B samples per estimate,
+    REINFORCE with its leave-one-out baseline), checked against direct estimates of
+    estimate_gradients(samples_per_estimate=B), which equal training's at fixed noise (above).
+
+    z-tests at 4 standard errors (level 6.3e-5 each; 16 comparisons, family level ~1e-3; the
+    generators are fixed, so the outcome is deterministic). Standard errors of a trace variance:
+    the spread of ||g - mean||^2 / sqrt(n), from the direct estimates and, for the probe (N
+    single-sample draws, variance / B), from N independent single-sample estimates."""
+    from study.discriminator import disc_logits
+    from study.estimators import estimate_gradients
+
+    N = 4000
+    cfg = _config(tmp_path, discriminator="mlp", disc_width=8, gumbel_rao_k=3, probe_estimates=N, tau0=0.7, anneal_rate=0.0)
+    pop = Population(cfg, [3, 4])
+    pop.train(20)
+    tau = pop.tau()
+    logits = pop.gen_params[0].detach()  # [R, K]
+    f = lambda y: torch.nn.functional.softplus(-disc_logits(y, pop.disc_params, replica_dim=-2))  # noqa: E731
+    rows = _probe_rows(pop)
+    B = cfg.batch_size
+    for i, name in enumerate(("soft", "hard", "gumbel_rao", "reinforce")):
+        options = {"k": 3} if name == "gumbel_rao" else {}
+        gen = torch.Generator().manual_seed(100 + i)
+        direct = estimate_gradients(name, logits, f, tau=tau.view(-1, 1), num_estimates=N, samples_per_estimate=B, generator=gen, **options)
+        single = estimate_gradients(name, logits, f, tau=tau.view(-1, 1), num_estimates=N, samples_per_estimate=1, generator=gen, **options)
+        for r, seed in enumerate(pop.seeds):
+            sq = (direct[:, r] - direct[:, r].mean(0)).square().sum(-1)  # [N]
+            var_direct, se_direct = float(sq.sum() / (N - 1)), float(sq.std() / N**0.5)
+            sq1 = (single[:, r] - single[:, r].mean(0)).square().sum(-1)
+            se_probe = float(sq1.std() / N**0.5) / B
+            probed = rows[seed][f"grad/{name}/variance"]
+            if name == "reinforce":  # closed form: exact, so only the direct side is noisy
+                se_probe = 0.0
+                assert rows[seed][f"grad/{name}/bias2"] == 0.0 and rows[seed][f"grad/{name}/n"] == 0
+            assert abs(probed - var_direct) < Z_LEVEL * (se_direct**2 + se_probe**2) ** 0.5, (name, seed, probed, var_direct)
+            # The probe's mean comes from N single-sample draws: bias2_floor = trace / N = variance * B / N.
+            if name != "reinforce":
+                assert rows[seed][f"grad/{name}/bias2_floor"] == pytest.approx(probed * B / N, rel=1e-9)
+
+
+Z_LEVEL = 4.0  # two-sided normal level 6.3e-5
+
+
+def test_reinforce_probe_is_the_same_at_every_temperature(tmp_path):
+    """REINFORCE does not depend on tau: one closed form serves the current and every ladder tau."""
+    cfg = _config(tmp_path, relaxation="reinforce", probe_taus=(0.1, 10.0), probe_estimators=("reinforce", "soft"))
+    pop = Population(cfg, [1])
+    pop.train(3)
+    row = next(iter(_probe_rows(pop).values()))
+    for stat in ("bias2", "variance", "mse", "cosine", "rel_rmse", "bias2_floor", "n"):
+        assert row[f"grad/reinforce/{stat}"] == row[f"ladder/0.1/reinforce/{stat}"] == row[f"ladder/10/reinforce/{stat}"], stat
+    assert row["ladder/0.1/soft/variance"] != row["ladder/10/soft/variance"]

@@ -1,8 +1,9 @@
 """Temperature schedules against independent formulas (math.exp, written out here) and edge cases.
 
-Deterministic tests. Tolerances are in ulps of float64 and say why: the study code evaluates the
-same formula with torch float64 kernels, whose exp may differ from libm's math.exp in the last
-bit, and may associate products in another order.
+Deterministic tests. Tolerances are in ulps and say why: the study code evaluates the formula of
+study.vocab.schedule_tau, which may associate products in another order than the reference
+(stepwise), and on tensors with torch's exp kernels, which may differ from libm's math.exp in the
+last bit; `Schedule.tensor` in float32 also rounds tau0, rate and every operation to float32.
 """
 
 from __future__ import annotations
@@ -171,3 +172,27 @@ def test_schedule_is_frozen():
     schedule = exponential(1.0, 1e-3)
     with pytest.raises(AttributeError):
         schedule.tau0 = 2.0  # validated once at construction, so it must not change afterwards
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_tensor_form_is_the_formula_in_the_dtype(case):
+    """Schedule.tensor: tau_tensor on tensors of tau0 and rate in the requested dtype (how a
+    population anneals: its temperatures in float32 are computed in float32, not rounded from
+    float64), the same value in every entry."""
+    kind, tau0, rate, tau_min, interval = CASES[case]
+    schedule = make_schedule(kind, tau0, rate, tau_min, interval)
+    eps32 = torch.finfo(torch.float32).eps
+    for step in steps_for(interval):
+        t64 = schedule.tensor(step, (3,), dtype=torch.float64)
+        t32 = schedule.tensor(step, (3,), dtype=torch.float32)
+        assert t64.shape == t32.shape == (3,) and t32.dtype == torch.float32
+        assert torch.equal(t32, t32[:1].expand(3))
+        full = lambda v: torch.full((3,), v, dtype=torch.float32)  # noqa: E731
+        assert torch.equal(t32, tau_tensor(kind, step, full(tau0), full(rate), tau_min, interval))
+        # float64 tensor exp vs math.exp, and the association: as in the scalar test, 16 eps.
+        assert float(t64[0]) == pytest.approx(schedule(step), rel=16 * EPS, abs=0), step
+        # float32: tau0 and rate rounded (eps32 / 2 each), exp's argument |x| < 3 before the floor
+        # binds (error |x| eps32 / 2), exp and products rounded: below 8 eps32 tau0 absolute.
+        assert abs(float(t32[0]) - schedule(step)) <= 8 * eps32 * tau0, step
+    with pytest.raises(ValueError, match="step=-1"):
+        schedule.tensor(-1)
