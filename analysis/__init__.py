@@ -1,7 +1,8 @@
-"""Analysis of experiment directories: tidy tables, summaries with bootstrap CIs, figures, the report.
+"""Analysis of run directories: tidy tables, summaries with bootstrap CIs, figures, the report.
 
-Reads what `gumbel-study run` wrote (local path or cloud URI); never trains, and imports neither
-torch nor ray at import time. See analysis/load.py for the table shapes.
+Reads what `gumbel-study run` and `gumbel-study train` wrote (local paths or cloud URIs); never
+trains, and imports neither torch nor ray at import time. See analysis/load.py for the table
+shapes and analysis/record.py for the files read.
 """
 
 from analysis.figures import (
@@ -14,7 +15,9 @@ from analysis.figures import (
 )
 from analysis.load import (
     Experiment,
+    RunDirError,
     load_experiment,
+    load_runs,
     save_parquet,
     target_probs,
 )
@@ -32,12 +35,14 @@ from analysis.summarize import (
     pareto_front,
     pareto_mask,
     probability_errors,
+    probe_means,
     schedule_curves,
     tradeoff_table,
 )
 
 __all__ = [
     "Experiment",
+    "RunDirError",
     "best_configs",
     "bootstrap_ci",
     "build_summaries",
@@ -48,10 +53,12 @@ __all__ = [
     "learning_curves",
     "learning_curves_figure",
     "load_experiment",
+    "load_runs",
     "pareto_front",
     "pareto_mask",
     "probability_error_figure",
     "probability_errors",
+    "probe_means",
     "save_parquet",
     "schedule_curves",
     "schedule_figure",

@@ -6,22 +6,29 @@ practice: intervals over seeds, not bare means). A replica is one seed of one tr
 same seed number in two trials is two independent runs. Values of one replica (several steps in a
 temperature bin, say) are averaged first, so every replica counts once.
 
-The resampling uses one `numpy.random.Generator(seed)` per call and the same resample indices for
-every group of the same size, so a group's interval does not change when other groups are added.
+The resample indices of a group depend only on its size and `seed` (a generator seeded with
+(seed, size)), so a group's interval does not change when other groups are added. Every group of
+one size is resampled at once, as a product of resample counts [n_boot, n] with the groups'
+values [n, G]: the 43,008 replicas x 28 temperature groups of the tradeoff grid take seconds.
 A group with one replica has a mean and no interval (NaN bounds): one seed says nothing about
 spread.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from study.vocab import ESTIMATOR_NAMES, PROBE_STATS, schedule_tau
+
 __all__ = [
-    "ESTIMATOR_ORDER",
     "REPLICA",
     "best_configs",
     "estimator_rank",
@@ -33,14 +40,14 @@ __all__ = [
     "pareto_front",
     "pareto_mask",
     "probability_errors",
+    "probe_means",
     "schedule_curves",
     "tau_bins",
     "tradeoff_table",
 ]
 
 REPLICA = ("trial_id", "seed")  # the resampling unit
-ESTIMATOR_ORDER = ("soft", "hard", "gumbel_rao", "reinforce", "exact")  # display order; others follow
-_MAX_CELLS = 20_000_000  # floats resampled at once (160 MB); larger batches are chunked
+_MAX_CELLS = 4_000_000  # resample counts or bootstrap means held at once (32 MB); larger ones are chunked
 
 
 def bootstrap_ci(
@@ -76,69 +83,135 @@ def bootstrap_ci(
     return (estimate, float(lo), float(hi))
 
 
+def _resample_counts(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """The [n_boot, n] matrix of resample counts / n for groups of size n, in blocks of rows.
+
+    Row b counts how often each of the n replicas is drawn in resample b (n draws with
+    replacement) by numpy.random.default_rng((seed, n))."""
+    block = max(1, _MAX_CELLS // n)
+    rng = np.random.default_rng((seed, n))
+    for b0 in range(0, n_boot, block):
+        nb = min(block, n_boot - b0)
+        idx = rng.integers(0, n, size=(nb, n))  # [nb, n]
+        counts = np.bincount((idx + (np.arange(nb) * n)[:, None]).ravel(), minlength=nb * n)
+        yield counts.reshape(nb, n) / n
+
+
+@functools.lru_cache(maxsize=1)
+def _openblas() -> tuple[Callable, Callable] | None:
+    """(get, set) of the thread count of the OpenBLAS numpy uses, where one is loaded (Linux)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    paths = [p for p in dict.fromkeys(line.split()[-1] for line in maps.splitlines() if "openblas" in line.rsplit("/", 1)[-1].lower())]
+    for path in sorted(paths, key=lambda p: "numpy" not in p):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"), ("openblas", "")):
+            get, put = getattr(lib, f"{prefix}_get_num_threads{suffix}", None), getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+            if get is not None and put is not None:
+                return get, put
+    return None
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """OpenBLAS on one thread inside the block. Its threads spin while they wait, so on a machine
+    whose cores other work keeps busy a 2-thread product of the bootstrap's size took 10x the CPU
+    time (and 18x the wall time) of a 1-thread one; a no-op where no OpenBLAS is found."""
+    blas = _openblas()
+    if blas is None:
+        yield
+        return
+    previous = blas[0]()
+    blas[1](1)
+    try:
+        yield
+    finally:
+        blas[1](previous)
+
+
+def _bootstrap_bounds(matrix: np.ndarray, n_boot: int, alpha: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bounds of the bootstrap mean of each row of `matrix` [G, n]."""
+    g, n = matrix.shape
+    lo, hi = np.empty(g), np.empty(g)
+    step = max(1, _MAX_CELLS // n_boot)  # groups per block of bootstrap means
+    with _one_blas_thread():
+        for g0 in range(0, g, step):
+            part = matrix[g0 : g0 + step]  # [g, n]
+            boots = np.concatenate([part @ counts.T for counts in _resample_counts(n, n_boot, seed)], axis=1)  # [g, n_boot]
+            lo[g0 : g0 + step], hi[g0 : g0 + step] = np.quantile(boots, [alpha / 2, 1 - alpha / 2], axis=1)
+    return lo, hi
+
+
+def _replica_means(data: pd.DataFrame, keys: list[str], values: list[str], weight: str | None) -> pd.DataFrame:
+    """One row per replica and group: the mean, or the `weight`-weighted mean, of its rows."""
+    if weight is None:
+        return data.groupby(keys, sort=True, dropna=False, observed=True)[values].mean().reset_index()
+    w = pd.to_numeric(data[weight], errors="coerce").astype(float)
+    parts = data[keys].assign(_w=w, **{f"_{v}": data[v] * w for v in values})
+    sums = parts.groupby(keys, sort=True, dropna=False, observed=True)[["_w", *(f"_{v}" for v in values)]].sum()
+    return pd.DataFrame({v: sums[f"_{v}"] / sums["_w"] for v in values}).reset_index()
+
+
 def grouped_ci(
     df: pd.DataFrame,
     by: Sequence[str],
-    value: str,
+    value: str | Sequence[str],
     *,
     unit: Sequence[str] = REPLICA,
+    weight: str | None = None,
     n_boot: int = 2000,
     alpha: float = 0.05,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Mean of `value` per group of `by`, with a bootstrap interval over replicas.
 
-    Input: `df` with the columns `by`, `unit` (default trial_id, seed) and `value`.
-    Steps: 1. average `value` within each replica of each group (finite values only);
-    2. per group, the mean over replicas and its percentile interval (see `bootstrap_ci`).
-    Output: the `by` columns, `value`, `<value>_lo`, `<value>_hi`, `n_seeds` (replicas with a finite
-    value), sorted by `by`.
+    Input: `df` with the columns `by`, `unit` (default trial_id, seed), `value` (one column, or
+    several resampled together: a row counts only where all of them are finite) and, when given,
+    `weight` (how many rows each row stands for: `rows` of a probe_means table).
+    Steps: 1. average each value within each replica of each group (finite values only; weighted
+    by `weight` when given); 2. per group, the mean over replicas and its percentile interval
+    (see `bootstrap_ci`; groups of one size are resampled together, see the module docstring).
+    Output: the `by` columns, then per value `<value>`, `<value>_lo`, `<value>_hi`, and `n_seeds`
+    (replicas with a finite value), sorted by `by`.
     """
-    by = list(by)
-    cols = [*by, value, f"{value}_lo", f"{value}_hi", "n_seeds"]
-    if df.empty or value not in df:
+    by, values = list(by), [value] if isinstance(value, str) else list(value)
+    cols = [*by, *(c for v in values for c in (v, f"{v}_lo", f"{v}_hi")), "n_seeds"]
+    if df.empty or not set(values) <= set(df):
         return pd.DataFrame(columns=cols)
-    data = df[[*by, *unit, value]].copy()
-    data[value] = pd.to_numeric(data[value], errors="coerce").astype(float)
-    data = data[np.isfinite(data[value])]
+    data = df[list(dict.fromkeys([*by, *unit, *([weight] if weight else [])]))].assign(**{v: pd.to_numeric(df[v], errors="coerce").astype(float) for v in values})
+    data = data[np.isfinite(data[values].to_numpy()).all(axis=1)]
     if data.empty:
         return pd.DataFrame(columns=cols)
-    # 1. one value per replica and group
-    per_unit = data.groupby([*by, *unit], sort=True, dropna=False, observed=True)[value].mean().reset_index()
-    # 2. per group: mean and bootstrap interval; groups of equal size are resampled together
-    groups = per_unit.groupby(by, sort=True, dropna=False, observed=True)[value] if by else [((), per_unit[value])]
-    keys, arrays = [], []
-    for key, series in groups:
-        keys.append(key if isinstance(key, tuple) else (key,))
-        arrays.append(series.to_numpy(dtype=float))
-    out_mean = np.array([a.mean() for a in arrays])
-    out_lo = np.full(len(arrays), np.nan)
-    out_hi = np.full(len(arrays), np.nan)
-    sizes = np.array([a.size for a in arrays])
-    rng = np.random.default_rng(seed)
-    for n in sorted(set(sizes.tolist())):
-        if n < 2:
-            continue
+    # 1. one row per replica and group
+    per_unit = _replica_means(data, [*by, *unit], values, weight)
+    # 2. groups as contiguous runs of replicas: sizes, means, bounds
+    codes = per_unit.groupby(by, sort=True, dropna=False, observed=True).ngroup().to_numpy() if by else np.zeros(len(per_unit), dtype=int)
+    order = np.argsort(codes, kind="stable")
+    x = per_unit[values].to_numpy(dtype=float)[order]  # [replicas, V]
+    sizes = np.bincount(codes)
+    starts = np.cumsum(sizes) - sizes
+    lo, hi = np.full((len(sizes), len(values)), np.nan), np.full((len(sizes), len(values)), np.nan)
+    for n in np.unique(sizes[sizes >= 2]).tolist():
         members = np.flatnonzero(sizes == n)
-        idx = rng.integers(0, n, size=(n_boot, n))  # [n_boot, n], shared by every group of size n
-        matrix = np.stack([arrays[i] for i in members])  # [G, n]
-        chunk = max(1, _MAX_CELLS // (n_boot * n))
-        for start in range(0, len(members), chunk):
-            boots = matrix[start : start + chunk][:, idx].mean(axis=-1)  # [g, n_boot]
-            lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2], axis=1)
-            out_lo[members[start : start + chunk]] = lo
-            out_hi[members[start : start + chunk]] = hi
-    out = pd.DataFrame(keys, columns=by) if by else pd.DataFrame(index=range(len(arrays)))
-    out[value] = out_mean
-    out[f"{value}_lo"] = out_lo
-    out[f"{value}_hi"] = out_hi
+        matrix = x[starts[members][:, None] + np.arange(n)].transpose(0, 2, 1).reshape(-1, n)  # [G * V, n]
+        bounds = _bootstrap_bounds(matrix, n_boot, alpha, seed)
+        lo[members], hi[members] = (b.reshape(len(members), len(values)) for b in bounds)
+    out = per_unit.iloc[order[starts]][by].reset_index(drop=True) if by else pd.DataFrame(index=range(len(sizes)))
+    means = np.add.reduceat(x, starts, axis=0) / sizes[:, None]
+    for j, v in enumerate(values):
+        out[v], out[f"{v}_lo"], out[f"{v}_hi"] = means[:, j], lo[:, j], hi[:, j]
     out["n_seeds"] = sizes
     return out[cols].reset_index(drop=True)
 
 
 def estimator_rank(names: Sequence[str]) -> dict[str, int]:
-    """Display rank of each estimator name: ESTIMATOR_ORDER first, then the others alphabetically."""
-    known = [e for e in ESTIMATOR_ORDER if e in set(names)]
+    """Display rank of each estimator name: vocab.ESTIMATOR_NAMES' order, then the others alphabetically."""
+    known = [e for e in ESTIMATOR_NAMES if e in set(names)]
     return {name: i for i, name in enumerate([*known, *sorted(set(map(str, names)) - set(known))])}
 
 
@@ -164,6 +237,43 @@ def tau_bins(tau: pd.Series | np.ndarray, bins_per_decade: int = 4) -> tuple[np.
     return ids, rep
 
 
+def probe_means(probes: pd.DataFrame) -> pd.DataFrame:
+    """The `probe_means` table of analysis.load from a `probes` table (every row of every step).
+
+    One row per trial x seed x estimator x source x tau (and any other column that is not a
+    statistic or the step, such as run and the config columns): rows, first_step, last_step, and
+    the mean of each statistic. Rows whose bias2, variance or mse is not finite are left out; the
+    other statistics average their finite values.
+    """
+    stats = [s for s in PROBE_STATS if s in probes]
+    keys = [c for c in probes.columns if c not in stats and c != "step"]
+    cols = [*keys, "rows", "first_step", "last_step", *stats]
+    if probes.empty:
+        return pd.DataFrame(columns=cols)
+    values = probes[stats].apply(pd.to_numeric, errors="coerce").astype(float)
+    values = values.where(np.isfinite(values))
+    keep = values[[s for s in ("bias2", "variance", "mse") if s in values]].notna().all(axis=1)
+    data = pd.concat([probes.loc[keep, [*keys, "step"]], values[keep]], axis=1)
+    grouped = data.groupby(keys, sort=False, dropna=False, observed=True)
+    out = grouped[stats].mean()
+    out.insert(0, "last_step", grouped["step"].max())
+    out.insert(0, "first_step", grouped["step"].min())
+    out.insert(0, "rows", grouped.size().astype("int32"))
+    return out.reset_index()[cols]
+
+
+def _weighted_means(data: pd.DataFrame, by: list[str], columns: list[str], weight: str) -> pd.DataFrame:
+    """Per group: the `weight`-weighted mean of each column over its finite values."""
+    w = data[weight].astype(float)
+    parts = {}
+    for col in columns:
+        x = pd.to_numeric(data[col], errors="coerce").astype(float)
+        ok = np.isfinite(x)
+        parts[f"{col}_s"], parts[f"{col}_w"] = (x * w).where(ok, 0.0), w.where(ok, 0.0)
+    sums = data[by].assign(**parts).groupby(by, observed=True, sort=True).sum()
+    return pd.DataFrame({col: sums[f"{col}_s"] / sums[f"{col}_w"].replace(0.0, np.nan) for col in columns})
+
+
 def tradeoff_table(
     probes: pd.DataFrame,
     *,
@@ -176,45 +286,35 @@ def tradeoff_table(
 ) -> pd.DataFrame:
     """The bias-variance tradeoff: per estimator and temperature, mean statistics with intervals.
 
-    Input: the `probes` table (columns trial_id, seed, estimator, source, tau, bias2, variance,
-    mse, bias2_floor, n, cosine). `source`: "all", "current" or "ladder" probes. Temperatures are
-    binned on a log scale (`tau_bins`).
-    Output, one row per (estimator, temperature bin), estimators in ESTIMATOR_ORDER, tau rising:
+    Input: a `probe_means` table (trial_id, seed, estimator, source, tau, rows and the statistics),
+    or a `probes` table, which is reduced with `probe_means` first. `source`: "all", "current" or
+    "ladder" probes. Temperatures are binned on a log scale (`tau_bins`); each replica's probes in
+    a bin are averaged (weighted by `rows`: every probe row counts once) before the bootstrap.
+    Output, one row per (estimator, temperature bin), estimators in vocab order, tau rising:
     estimator, tau (bin representative), tau_lo / tau_hi (smallest and largest member),
-    n_probes, n_seeds, then for each stat `<stat>`, `<stat>_lo`, `<stat>_hi`; bias2_floor (mean
-    variance / N: what bias2 reads for an unbiased estimator), bias2_excess = bias2 - bias2_floor
-    (the bias² left after removing the floor's expectation), cosine, n (estimates per probe), and
-    pareto (on the (bias2, variance) Pareto front of the table).
+    n_probes (probe rows), n_seeds, then for each stat `<stat>`, `<stat>_lo`, `<stat>_hi`;
+    bias2_floor (mean variance / N: what bias2 reads for an unbiased estimator), bias2_excess =
+    bias2 - bias2_floor (the bias² left after removing the floor's expectation), cosine, n
+    (estimates per probe), and pareto (on the (bias2, variance) Pareto front of the table).
     """
-    base = ["estimator", "tau", "tau_lo", "tau_hi", "n_probes", "n_seeds"]
-    stat_cols = [c for s in stats for c in (s, f"{s}_lo", f"{s}_hi")]
-    cols = [*base, *stat_cols, "bias2_floor", "bias2_excess", "cosine", "n", "pareto"]
-    data = probes if source == "all" else probes[probes["source"] == source]
     if source not in ("all", "current", "ladder"):
         raise ValueError(f"source must be 'all', 'current' or 'ladder', got {source=}")
+    stats = list(stats)
+    base = ["estimator", "tau", "tau_lo", "tau_hi", "n_probes", "n_seeds"]
+    cols = [*base, *(c for s in stats for c in (s, f"{s}_lo", f"{s}_hi")), "bias2_floor", "bias2_excess", "cosine", "n", "pareto"]
+    data = probes if probes.empty or "rows" in probes else probe_means(probes)
+    data = data if source == "all" or data.empty else data[data["source"] == source]
     data = data[np.isfinite(pd.to_numeric(data["tau"], errors="coerce").astype(float))] if len(data) else data
     if data.empty:
         return pd.DataFrame(columns=cols)
-    data = data.copy()
-    data["tau_bin"], data["tau_rep"] = tau_bins(data["tau"], bins_per_decade)
+    ids, rep = tau_bins(data["tau"], bins_per_decade)
+    data = data.assign(estimator=data["estimator"].astype(str), tau_bin=ids, tau_rep=rep)
     by = ["estimator", "tau_bin"]
-    out = data.groupby(by, observed=True).agg(
-        tau=("tau_rep", "first"),
-        tau_lo=("tau", "min"),
-        tau_hi=("tau", "max"),
-        n_probes=("tau", "size"),
-        bias2_floor=("bias2_floor", "mean"),
-        cosine=("cosine", "mean"),
-        n=("n", "mean"),
-    )
-    out = out.reset_index()
-    seeds = None
-    for stat in stats:
-        ci = grouped_ci(data, by, stat, n_boot=n_boot, alpha=alpha, seed=seed)
-        seeds = ci[[*by, "n_seeds"]] if seeds is None else seeds
-        out = out.merge(ci.drop(columns="n_seeds"), on=by, how="left")
-    out = out.merge(seeds, on=by, how="left")
-    out["bias2_excess"] = out["bias2"] - out["bias2_floor"] if "bias2" in out else np.nan
+    grouped = data.groupby(by, observed=True, sort=True)
+    out = pd.DataFrame({"tau": grouped["tau_rep"].first(), "tau_lo": grouped["tau"].min(), "tau_hi": grouped["tau"].max(), "n_probes": grouped["rows"].sum()})
+    out = out.join(_weighted_means(data, by, [c for c in ("bias2_floor", "cosine", "n") if c in data], "rows")).reset_index()
+    out = out.merge(grouped_ci(data, by, stats, weight="rows", n_boot=n_boot, alpha=alpha, seed=seed), on=by, how="left")
+    out["bias2_excess"] = out["bias2"] - out["bias2_floor"] if {"bias2", "bias2_floor"} <= set(out) else np.nan
     out["pareto"] = pareto_mask(out["bias2"], out["variance"]) if {"bias2", "variance"} <= set(out) else False
     out = out.sort_values(["estimator", "tau"], key=lambda s: _estimator_key(s) if s.name == "estimator" else s)
     return out[[c for c in cols if c in out]].reset_index(drop=True)
@@ -335,6 +435,21 @@ def learning_curves(
     return grouped_ci(evals, [*by, "step"], metric, n_boot=n_boot, alpha=alpha, seed=seed)
 
 
+def _truth_matrix(pairs: pd.DataFrame, truth: Callable[[str, int], Sequence[float]]) -> np.ndarray:
+    """[pairs, max K] true probabilities of each (target, categories) row of `pairs`, NaN-padded;
+    a target whose truth cannot be built (a stream file missing here) is all NaN."""
+    rows = []
+    for target, k in pairs.itertuples(index=False):
+        try:
+            rows.append(np.asarray(truth(target, k), dtype=float))
+        except (ValueError, OSError):
+            rows.append(np.array([]))
+    out = np.full((len(rows), max([len(r) for r in rows] + [1])), np.nan)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
 def probability_errors(
     evals: pd.DataFrame,
     truth: Callable[[str, int], Sequence[float]] | None = None,
@@ -346,81 +461,75 @@ def probability_errors(
     columns). `truth(target, categories) -> q [K]` gives the true probabilities; by default
     `analysis.load.target_probs` (study.targets, imported on first use). A target whose truth
     cannot be built (a stream file missing here) gets NaN. Output: trial_id, seed, step, the `by`
-    columns, category, learned, true, error = learned - true.
+    columns, category, learned, true, error = learned - true: K rows per evals row (filter the
+    evals first on a large study: the tradeoff grid would give 50M rows).
     """
-    by = [c for c in by if c in evals]
+    by = [c for c in dict.fromkeys(by) if c in evals and c not in ("trial_id", "seed", "step")]
     cols = ["trial_id", "seed", "step", *by, "category", "learned", "true", "error"]
     if evals.empty or "fit/probs" not in evals:
         return pd.DataFrame(columns=cols)
     if truth is None:
         from analysis.load import target_probs as truth
-    data = evals[["trial_id", "seed", "step", *dict.fromkeys([*by, "target", "categories"]), "fit/probs"]].copy()
-    data = data[data["fit/probs"].map(lambda p: isinstance(p, (list, tuple, np.ndarray)) and len(p) > 0)]
-    if data.empty:
+    probs = evals["fit/probs"]
+    sizes = np.fromiter((len(p) if isinstance(p, (list, tuple, np.ndarray)) else 0 for p in probs), dtype=np.int64, count=len(probs))
+    rows = np.flatnonzero(sizes > 0)
+    if rows.size == 0:
         return pd.DataFrame(columns=cols)
-    data["category"] = data["fit/probs"].map(lambda p: list(range(len(p))))
-    long = data.explode(["fit/probs", "category"], ignore_index=True).rename(columns={"fit/probs": "learned"})
-    long["learned"] = long["learned"].astype(float)
-    long["category"] = long["category"].astype(int)
-    truths: dict[tuple, Sequence[float] | None] = {}
-    for target, k in long[["target", "categories"]].drop_duplicates().itertuples(index=False):
-        try:
-            truths[(target, k)] = truth(target, k)
-        except (ValueError, OSError):
-            truths[(target, k)] = None
-
-    def true_value(row: tuple) -> float:
-        q = truths.get((row[0], row[1]))
-        return float(q[row[2]]) if q is not None and row[2] < len(q) else math.nan
-
-    long["true"] = [true_value(r) for r in long[["target", "categories", "category"]].itertuples(index=False)]
+    sizes = sizes[rows]
+    data = evals.iloc[rows]
+    rep = np.repeat(np.arange(len(data)), sizes)
+    long = data[list(dict.fromkeys(["trial_id", "seed", "step", *by, "target", "categories"]))].iloc[rep].reset_index(drop=True)
+    long["category"] = np.arange(len(rep)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    long["learned"] = np.concatenate([np.asarray(p, dtype=float) for p in data["fit/probs"]])
+    pairs = long[["target", "categories"]].drop_duplicates().reset_index(drop=True)
+    q = _truth_matrix(pairs, truth)
+    pair = long[["target", "categories"]].merge(pairs.reset_index(), on=["target", "categories"], how="left")["index"].to_numpy()
+    category = long["category"].to_numpy()
+    long["true"] = np.where(category < q.shape[1], q[pair, np.minimum(category, q.shape[1] - 1)], np.nan)
     long["error"] = long["learned"] - long["true"]
     return long[cols]
 
 
 def schedule_curves(trials: pd.DataFrame, n_points: int = 200) -> pd.DataFrame:
-    """tau against step for each distinct schedule of the trials, from `study.schedules`.
+    """tau against step for each distinct schedule of the trials (vocab.schedule_tau's formulas).
 
     Input: the `trials` table (schedule, tau0, anneal_rate, tau_min, anneal_interval, steps).
     Output: schedule, tau0, anneal_rate, tau_min, anneal_interval, step, tau: `n_points` steps
     from 0 to `steps` (every step for a stepwise schedule shorter than that, so its jumps show).
-    Imports study.schedules (torch) on use; each distinct schedule is evaluated once.
+    A schedule with an unknown kind or values out of range is left out.
     """
     keys = ["schedule", "tau0", "anneal_rate", "tau_min", "anneal_interval", "steps"]
     cols = [*keys[:-1], "step", "tau"]
     if trials.empty or not {"schedule", "tau0"} <= set(trials):
         return pd.DataFrame(columns=cols)
-    from study.schedules import Schedule  # torch: only when curves are asked for
-
     present = [k for k in keys if k in trials]
-    rows = []
+    parts = []
     for values in trials[present].dropna().drop_duplicates().itertuples(index=False):
         cfg = dict(zip(present, values))
-        steps = int(cfg.get("steps", 1000))
-        kind = str(cfg["schedule"])
-        if kind == "stepwise" and steps <= 4 * n_points:
-            grid = np.arange(steps + 1)
-        else:
-            grid = np.unique(np.linspace(0, steps, n_points).round().astype(int))
+        steps, kind = int(cfg.get("steps", 1000)), str(cfg["schedule"])
+        tau0, rate, tau_min, interval = float(cfg["tau0"]), float(cfg.get("anneal_rate", 0.0)), float(cfg.get("tau_min", 0.1)), int(cfg.get("anneal_interval", 1))
+        if not (tau0 > 0 and tau_min > 0 and rate >= 0 and interval >= 1):
+            continue
+        grid = np.arange(steps + 1) if kind == "stepwise" and steps <= 4 * n_points else np.unique(np.linspace(0, steps, n_points).round().astype(int))
         try:
-            schedule = Schedule(kind, float(cfg["tau0"]), float(cfg.get("anneal_rate", 0.0)), float(cfg.get("tau_min", 0.1)), int(cfg.get("anneal_interval", 1)))
+            tau = schedule_tau(kind, grid, tau0, rate, tau_min, interval, exp=np.exp, floor=np.maximum)
         except ValueError:
             continue
-        for step in grid.tolist():
-            rows.append({**{k: cfg.get(k) for k in cols[:-2]}, "step": step, "tau": schedule(step)})
-    return pd.DataFrame(rows, columns=cols)
+        part = pd.DataFrame({"step": grid, "tau": np.broadcast_to(tau, grid.shape).astype(float)})
+        parts.append(part.assign(**{k: cfg.get(k) for k in cols[:-2]}))
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 
 
 def failures(trials: pd.DataFrame, axes: Sequence[str] = ()) -> pd.DataFrame:
     """Trials that errored, never ran, or stopped early; one row each.
 
-    Input: the `trials` table (trial_id, trial_dir, status, error, n_evals, last_step, steps,
-    complete). Output: trial_id, trial_dir, status, problem ("error", "missing": no directory or
-    no results, "incomplete": stopped before `steps`), error, n_evals, last_step, steps, and the
+    Input: the `trials` table (trial_id, run, trial_dir, status, error, n_evals, last_step, steps,
+    complete). Output: trial_id, run, trial_dir, status, problem ("error", "missing": no directory
+    or no results, "incomplete": stopped before `steps`), error, n_evals, last_step, steps, and the
     `axes` columns (e.g. the grid axes), so a failure can be traced to its configuration.
     """
     axes = [a for a in axes if a in trials]
-    cols = ["trial_id", "trial_dir", "status", "problem", "error", "n_evals", "last_step", "steps", *axes]
+    cols = ["trial_id", *(["run"] if "run" in trials else []), "trial_dir", "status", "problem", "error", "n_evals", "last_step", "steps", *axes]
     if trials.empty:
         return pd.DataFrame(columns=cols)
     t = trials.copy()
