@@ -195,16 +195,17 @@ def _tradeoff_points(ax: Axes, data: pd.DataFrame, styles: dict, norm: LogNorm) 
         ax.scatter(part["x"], part["y"], c=part["tau"], cmap=_SEQ, norm=norm, marker=marker, s=80, edgecolors=colour, linewidths=1.8, zorder=4)
 
 
-def _noise_floor(ax: Axes, data: pd.DataFrame) -> list[int]:
+def _noise_floor(ax: Axes, data: pd.DataFrame, label_at: float = 0.03) -> list[int]:
     """Limits, and the grey region bias² <= variance / N under one dashed line per distinct N."""
     xs = np.concatenate([data["x"], _positive(data.get("variance_lo", data["x"])), _positive(data.get("variance_hi", data["x"]))])
     ys = np.concatenate([data["y"], _positive(data.get("bias2_lo", data["y"])), _positive(data.get("bias2_hi", data["y"]))])
     xs, ys = xs[np.isfinite(xs)], ys[np.isfinite(ys)]
+    ys = ys if ys.size else xs / 100  # every bias² exactly 0: room for the zero line under the floor
     x_lo, x_hi, y_lo, y_hi = xs.min() / 2.5, xs.max() * 2.5, ys.min() / 2.5, ys.max() * 2.5
     ns = sorted({int(round(n)) for n in pd.to_numeric(data.get("n", pd.Series(dtype=float)), errors="coerce").dropna() if n > 0})
     if ns:  # show the floor under the points, but not decades of empty space
         y_lo = min(y_lo, max(x_lo / ns[-1], ys.min() / 30))
-        ax.text(0.97, 0.03, "below the noise floor:\nbias² not resolvable", transform=ax.transAxes, ha="right", va="bottom", fontsize=8.5, color="0.4")
+        ax.text(0.97, label_at, "below the noise floor:\nbias² not resolvable", transform=ax.transAxes, ha="right", va="bottom", fontsize=8.5, color="0.4")
     grid = np.geomspace(x_lo, x_hi, 50)
     for n in ns:
         ax.fill_between(grid, y_lo / 100, grid / n, color="0.9", zorder=0, lw=0)
@@ -221,24 +222,32 @@ def tradeoff_figure(table: pd.DataFrame, *, title: str | None = None, show_paret
     bias2_floor, n, pareto). Marker shape = estimator, colour = temperature (cividis, log scale);
     bars = bootstrap intervals over seeds; the grey band is the noise floor bias² <= variance / N,
     where an unbiased estimator's bias² reads (N estimates per probe); the dotted line joins the
-    Pareto front (no other point has both lower bias² and lower variance).
+    Pareto front (no other point has both lower bias² and lower variance). A bias² of exactly 0
+    (REINFORCE's, computed over the K categories rather than sampled) sits on a dash-dot line at
+    the bottom, off the log scale.
     """
     title = title or "Bias-variance tradeoff of the gradient estimators"
     data = table.copy()
     if not data.empty:
         data["x"], data["y"] = _positive(data["variance"]), _positive(data["bias2"])
-        data = data[np.isfinite(data["x"]) & np.isfinite(data["y"])]
+        data["zero"] = pd.to_numeric(data["bias2"], errors="coerce").eq(0.0).to_numpy()
+        data = data[np.isfinite(data["x"]) & (np.isfinite(data["y"]) | data["zero"])]
     if data.empty:
         return _empty("no gradient probes to show", title, ax)
     styles, norm = _estimator_styles(data["estimator"].tolist()), _log_norm(data["tau"])
-    front = data[data["pareto"].astype(bool)].sort_values("x") if show_pareto and "pareto" in data else data.iloc[0:0]
     with _style():
         owned = ax is None
         fig, ax = _canvas(ax, (7.6, 6.2))
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ns = _noise_floor(ax, data)
+        ns = _noise_floor(ax, data, 0.08 if data["zero"].any() else 0.03)
+        if data["zero"].any():  # bias² exactly 0 (computed, not sampled): a line at the bottom
+            y_lo, y_hi = ax.get_ylim()
+            zero_y = y_lo * (y_hi / y_lo) ** 0.04
+            data.loc[data["zero"], "y"] = zero_y
+            ax.axhline(zero_y, color="0.6", lw=0.8, ls="-.", zorder=1)
         _tradeoff_points(ax, data, styles, norm)
+        front = data[data["pareto"].astype(bool)].sort_values(["x", "y"]) if show_pareto and "pareto" in data else data.iloc[0:0]
         if len(front) > 1:
             ax.plot(front["x"], front["y"], color="black", ls=":", lw=1.4, zorder=3.5)
         ax.set_xlabel("variance (trace of covariance, log scale)")
@@ -250,9 +259,11 @@ def tradeoff_figure(table: pd.DataFrame, *, title: str | None = None, show_paret
         ]
         if ns:
             handles.append(Line2D([], [], color="0.55", ls="--", label=f"noise floor bias² = variance / N (N = {', '.join(map(str, ns))})"))
+        if data["zero"].any():
+            handles.append(Line2D([], [], color="0.6", ls="-.", lw=0.8, label="bias² = 0 (exact; off the log scale)"))
         if len(front) > 1:
             handles.append(Line2D([], [], color="black", ls=":", label="Pareto front"))
-        _legend(fig, ax, owned, handles, loc="outside lower center", ncol=3, fontsize=8.5)
+        _legend(fig, ax, owned, handles, loc="outside lower center", ncol=3 if len(handles) <= 6 else 2, fontsize=8.5)
         bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=_SEQ), ax=ax, pad=0.02, shrink=0.9)
         bar.set_label(TAU_LABEL)
         _tau_ticks(bar.ax.yaxis, data["tau"].tolist())
@@ -261,6 +272,7 @@ def tradeoff_figure(table: pd.DataFrame, *, title: str | None = None, show_paret
 
 # -------------------------------------------------------------------- b. statistics vs tau
 
+_STAT_NAMES = {"bias2": "bias²", "mse": "MSE"}
 _SWEEP_PANELS = {
     "bias2": ("bias² (log scale)", "bias²: systematic error"),
     "variance": ("variance (trace of covariance, log scale)", "variance: noise"),
@@ -282,6 +294,9 @@ def _tau_sweep_panel(ax: Axes, table: pd.DataFrame, stat: str, styles: dict) -> 
             ax.fill_between(x[ok], lo[ok], hi[ok], color=colour, alpha=0.2, lw=0)
         if stat == "bias2" and "bias2_floor" in part:
             ax.plot(x, _positive(part["bias2_floor"]), color=colour, ls=":", lw=1.2)
+    zero = sorted(set(table.loc[pd.to_numeric(table[stat], errors="coerce").eq(0.0), "estimator"].astype(str)))
+    if zero:  # nothing to draw on a log axis
+        ax.text(0.02, 0.02, f"{_STAT_NAMES.get(stat, stat)} = 0 (exact): " + ", ".join(estimator_label(e) for e in _estimators(zero)), transform=ax.transAxes, fontsize=8, color="0.35")
     ylabel, panel_title = _SWEEP_PANELS.get(stat, (f"{stat} (log scale)", stat))
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -84,8 +84,9 @@ exact, yet its backward pass is the soft sample's: the gradient is still that of
 evaluated at a point it was not computed at, so it stays biased at every τ.
 <b>Gumbel-Rao</b> (Paulus et al. 2021) averages the straight-through gradient over k Gumbel draws
 conditioned on the same discrete sample: the same forward pass and the same mean, less
-variance. <b>REINFORCE</b> (the score function) is unbiased (its bias² sits on the floor) but its
-variance is typically orders of magnitude larger.</p>
+variance. <b>REINFORCE</b> (the score function) is unbiased: its mean and variance are sums over the
+K categories, computed exactly, so its bias² is 0 (figure a draws it on a line at the bottom); an
+unbiased estimator that is sampled instead reads a bias² on the floor.</p>
 <p>Intervals are 95% percentile-bootstrap intervals over independent replicas (one seed of one
 trial); a configuration with a single seed has no interval.</p>
 </div>

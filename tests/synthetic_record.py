@@ -7,7 +7,8 @@ Each trial directory holds params.json, record/evals-<step>.parquet, record/prob
 and record/host-<step>.json with the schemas study.record writes; the experiment holds a minimal
 experiment_state-*.json (trial id, status, directory, config, grid values) and run.json. The
 numbers are plausible, not trained: soft's variance grows as 1/tau and its bias falls with tau,
-REINFORCE is unbiased with a large variance, and the learned probabilities approach the target's.
+REINFORCE's moments are exact (study.evaluation: bias2 = bias2_floor = 0, n = 0, the same at
+every tau), and the learned probabilities approach the target's.
 Values are computed with numpy for a whole trial at once, so a 1,344-trial x 32-seed x 21-step
 directory (the tradeoff grid: ~0.9M eval rows, ~29M probe rows, 56k files) is written in a few
 minutes:
@@ -56,16 +57,18 @@ def _tau(config: dict, steps: np.ndarray) -> np.ndarray:
 
 def _probe_stats(est: str, tau: np.ndarray, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     """Plausible probe numbers of one estimator at temperatures `tau` (any shape)."""
+    if est == "reinforce":  # computed over the K categories: unbiased, nothing drawn, no tau
+        var = np.full(tau.shape, 0.4 * rng.lognormal(0.0, 0.2))
+        zero = np.zeros(tau.shape)
+        return {"bias2": zero, "variance": var, "mse": var, "cosine": np.ones(tau.shape), "rel_rmse": np.ones(tau.shape), "bias2_floor": zero, "n": zero}
     if est == "soft":
         var, b2 = 1e-3 / tau, 2e-4 * tau**1.5
-    elif est in ("hard", "gumbel_rao"):
+    else:
         scale = 8e-4 if est == "hard" else 2e-4
         var, b2 = scale / np.sqrt(tau), 1e-4 + 1e-4 * tau
-    else:
-        var, b2 = np.full(tau.shape, 0.4), np.zeros(tau.shape)
     var = var * rng.lognormal(0.0, 0.2, tau.shape)
     b2 = b2 * rng.lognormal(0.0, 0.2, tau.shape) + var / n
-    return {"bias2": b2, "variance": var, "mse": b2 + var, "cosine": np.full(tau.shape, 0.99), "rel_rmse": np.ones(tau.shape), "bias2_floor": var / n}
+    return {"bias2": b2, "variance": var, "mse": b2 + var, "cosine": np.full(tau.shape, 0.99), "rel_rmse": np.ones(tau.shape), "bias2_floor": var / n, "n": np.full(tau.shape, n)}
 
 
 def _write(table: pa.Table, path: Path) -> None:
@@ -101,7 +104,7 @@ def write_trial(directory: Path, config: dict, *, seeds: int, rng: np.random.Gen
     ests = list(config["probe_estimators"])
     m = len(probe_taus) * len(ests)
     taus = np.empty((len(steps), m, seeds))  # [S, M, R]
-    stats = {s: np.empty((len(steps), m, seeds), dtype=np.float32) for s in STATS}
+    stats = {s: np.empty((len(steps), m, seeds), dtype=np.float32) for s in (*STATS, "n")}
     for j, ((_, ladder_tau), est) in enumerate(itertools.product(probe_taus, ests)):
         t = np.broadcast_to((tau if ladder_tau is None else np.full(len(steps), ladder_tau))[:, None], (len(steps), seeds))
         taus[:, j] = t
@@ -121,7 +124,7 @@ def write_trial(directory: Path, config: dict, *, seeds: int, rng: np.random.Gen
                   "estimator": pa.DictionaryArray.from_arrays(est_idx, est_dict), "source": pa.DictionaryArray.from_arrays(src_idx, src_dict),
                   "tau": pa.array(taus[i].ravel(), pa.float64())}
         probes.update({s: pa.array(stats[s][i].ravel(), pa.float32()) for s in STATS})
-        probes["n"] = pa.array(np.full(m * seeds, n, dtype=np.int32))
+        probes["n"] = pa.array(stats["n"][i].ravel().astype(np.int32))
         _write(pa.table(probes), record / f"probes-{step:09d}.parquet")
 
 

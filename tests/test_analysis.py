@@ -4,7 +4,8 @@ The real study comes from the session fixture `smoke_run` (tests/conftest.py). S
 directories (tests/synthetic_record.py) hold the trial record as study.record writes it (params.json,
 record/evals-*.parquet, probes-*.parquet, host-*.json) plus a minimal experiment_state and run.json,
 so that partial, errored, missing, multi-run and many-trial directories are cheap to build. The
-report command is run as `python -m analysis.command` (the handler `gumbel-study report` plugs in).
+report command runs as users run it, `gumbel-study report` (python -m study.cli), which finds
+analysis.command through its entry point.
 Statistical tests use fixed generators and state their level.
 """
 
@@ -37,9 +38,9 @@ FIGURE_NAMES = ["tradeoff", "tau_sweep", "final_fit_heatmaps", "learning_curves"
 QUICK = dict(progress=False, n_boot=200, dpi=40, pdf=False)
 
 
-def report_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """`gumbel-study report ARGS` through analysis.command, the handler the CLI plugs in."""
-    return subprocess.run([sys.executable, "-m", "analysis.command", *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+def report_cli(*args: str) -> subprocess.CompletedProcess:
+    """`gumbel-study report ARGS`: study.cli finds analysis.command through its entry point."""
+    return subprocess.run([sys.executable, "-m", "study.cli", "report", *args], capture_output=True, text=True, timeout=600, cwd=REPO)
 
 
 # ---------------------------------------------------------------- the real smoke study
