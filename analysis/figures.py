@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import textwrap
 from collections.abc import Iterator, Sequence
 
 import matplotlib as mpl
@@ -76,6 +77,12 @@ def _style() -> Iterator[None]:
         yield
 
 
+def _suptitle(fig: Figure, title: str, fontsize: float = 12) -> None:
+    """A bold title over the figure, each line wrapped to the figure's width (never clipped)."""
+    width = max(20, int(fig.get_figwidth() * 72 / (0.62 * fontsize)))  # characters that fit
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.split("\n")), fontweight="bold", fontsize=fontsize)
+
+
 def _canvas(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     """(figure, axes): the caller's, or a new constrained-layout figure with one Axes."""
     if ax is not None:
@@ -92,7 +99,7 @@ def _empty(message: str, title: str, ax: Axes | None = None) -> Figure:
         ax.set_axis_off()
         ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11, color="0.35", wrap=True, transform=ax.transAxes)
         if owned:
-            fig.suptitle(title)
+            _suptitle(fig, title)
         else:
             ax.set_title(title)
     return fig
@@ -337,7 +344,7 @@ def tau_sweep_figure(table: pd.DataFrame, *, stats: Sequence[str] = ("bias2", "v
             handles.append(Line2D([], [], color="0.3", ls=":", lw=1.2))
             labels.append("noise floor of bias² (variance / N)")
         fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5), fontsize=9)
-        fig.suptitle(title, fontweight="bold")
+        _suptitle(fig, title)
     return fig
 
 
@@ -436,7 +443,7 @@ def final_fit_heatmaps(
         bar = fig.colorbar(mpl.cm.ScalarMappable(norm=Normalize(*limits), cmap=_SEQ), ax=axes, shrink=0.85, pad=0.03 if len(rows) > 1 else 0.02)
         bar.set_label(f"final {name} (lower is better)")
         if ax is None:
-            fig.suptitle(title, fontweight="bold")
+            _suptitle(fig, title)
         elif not ax.get_title():
             ax.set_title(title)
     return fig
@@ -511,7 +518,7 @@ def learning_curves_figure(
             handles += [Line2D([], [], color="0.3", ls=dashes[s], lw=2, label=f"{SHORT.get(style, style)} = {_fmt(s)}") for s in styles_v]
         _legend(fig, axes[0, 0], ax is None, handles, loc="outside right center", fontsize=9, title=AXIS_LABELS.get(hue, hue) if len(styles_v) <= 1 else None)
         if ax is None:
-            fig.suptitle(title, fontweight="bold")
+            _suptitle(fig, title)
     return fig
 
 
@@ -594,7 +601,7 @@ def probability_error_figure(
         fixed = [c for c in panel if c not in varying]
         suffix = "\n" + ", ".join(f"{SHORT.get(c, c)} = {_fmt(curves[c].iloc[0])}" for c in fixed) if fixed else ""
         if ax is None:
-            fig.suptitle(title + suffix, fontweight="bold", fontsize=11)
+            _suptitle(fig, title + suffix, fontsize=11)
         else:
             ax.set_title(title, fontsize=10)
     return fig
@@ -660,5 +667,5 @@ def schedule_figure(curves: pd.DataFrame, measured: pd.DataFrame | None = None, 
             handles.append(Line2D([], [], color="0.6", ls=":", label="τ_min floor"))
         _legend(fig, axes[0], ax is None, handles, loc="outside right center", fontsize=9)
         if ax is None:
-            fig.suptitle(title, fontweight="bold")
+            _suptitle(fig, title)
     return fig

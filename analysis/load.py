@@ -70,7 +70,7 @@ import pandas as pd
 import pyarrow as pa
 
 from analysis.record import RunDirError, RunFiles, TrialData, list_run, read_json, read_probe_rows, read_state, read_trial
-from study.vocab import EVAL_KEYS, GROUP_COLUMNS, PROBE_STATS
+from study.vocab import ESTIMATOR_NAMES, EVAL_KEYS, GROUP_COLUMNS, PROBE_STATS
 
 __all__ = ["Experiment", "RunDirError", "load_experiment", "load_runs", "run_names", "save_parquet", "target_probs"]
 
@@ -373,7 +373,7 @@ def _meta(paths: list[str], names: list[str], trials: pd.DataFrame, evals: pd.Da
         "runs": [{"name": n, "path": p, "trials": int((trials["run"] == n).sum())} for n, p in zip(names, paths)],
         "n_trials": int(len(trials)), "statuses": {str(k): int(v) for k, v in trials["status"].value_counts().items()},
         "seeds_per_trial": int(per_trial.max()) if per_trial.notna().any() else len(seeds), "seeds": seeds,
-        "grid": grid, "estimators": sorted(map(str, pd.unique(means["estimator"]))) if len(means) else [],
+        "grid": grid, "estimators": sorted(map(str, pd.unique(means["estimator"])), key=lambda e: (e not in ESTIMATOR_NAMES, ESTIMATOR_NAMES.index(e) if e in ESTIMATOR_NAMES else 0, e)) if len(means) else [],
         "ladder_taus": sorted(float(t) for t in pd.unique(ladder)), "n_evals": int(len(evals)),
         "n_probes": int(sum(d.probe_rows for d in data if d is not None)),
         "first_result": dates.min() if len(dates) else None, "last_result": dates.max() if len(dates) else None,
@@ -392,8 +392,9 @@ def _no_trial_cause(listing: RunFiles) -> str:
 def load_runs(paths: Sequence[str | Path], *, max_workers: int | None = None, progress: Callable[[str], None] | None = None) -> Experiment:
     """Read one or more runs (paths or URIs) into one `Experiment`; RunDirError for a bad RUN.
 
-    Every trial of every run is read in one thread pool (`max_workers`: default the CPU count for
-    local paths, 16 when a URI's latency has to overlap); each file is read once. `progress`, when
+    Every trial of every run is read in one thread pool (`max_workers`: default twice the CPU
+    count for local paths, up to 8, so that one thread decodes while another runs Python; 16 when
+    a URI's latency has to overlap); each file is read once. `progress`, when
     given, receives one line once every RUN is known to hold trials, before the reading starts.
     """
     started = time.perf_counter()
@@ -407,7 +408,7 @@ def load_runs(paths: Sequence[str | Path], *, max_workers: int | None = None, pr
         if not listing.trials and not state:
             raise RunDirError(listing.path, _no_trial_cause(listing))
     warnings += [f"{x.path}: no experiment_state-*.json; statuses inferred from the trial directories" for x in listings if x.state is None and "" not in x.trials]
-    workers = max_workers or (16 if any("://" in p for p in paths) else (os.cpu_count() or 2))
+    workers = max_workers or (16 if any("://" in p for p in paths) else min(8, 2 * (os.cpu_count() or 1)))
     if progress is not None:
         progress(f"loading {sum(len(x.trials) for x in listings)} trial directories from {', '.join(paths)} ...")
     names = run_names([listing.root for listing in listings])

@@ -155,9 +155,9 @@ def figure_html(number: int, name: str, label: str, caption: str, png: Path, wid
 
 def _study_html(exp: Experiment, out: Path, seconds: float) -> str:
     m, t = exp.meta, exp.trials
-    fixed = [f"{k}={', '.join(t[k].dropna().astype(str).unique().tolist()[:4])}" for k in _FIXED_KEYS if k in t and k not in m.get("grid", {}) and t[k].notna().any()]
+    fixed = [f"{k}={', '.join(t[k].dropna().astype(str).unique().tolist()[:4])}" for k in _FIXED_KEYS if k in t and k not in m.get("grid", {}) and (t[k].notna() & t[k].astype(str).str.len().gt(0)).any()]
     rows = [
-        ("runs", "<br>".join(f"<code>{esc(r['name'])}</code>: {esc(r['path'])} ({r['trials']} trials)" for r in m.get("runs", []))),
+        ("runs", "<br>".join(f"<code>{esc(r['name'])}</code>: {esc(r['path'])} ({r['trials']} trial{'s' if r['trials'] != 1 else ''})" for r in m.get("runs", []))),
         ("trials", f"{m.get('n_trials', 0)} (" + ", ".join(f"{n} {esc(s)}" for s, n in sorted(m.get("statuses", {}).items())) + ")"),
         ("seeds per trial", f"{m.get('seeds_per_trial', '?')} (seeds {esc(', '.join(map(str, m.get('seeds', [])[:20])))}{', ...' if len(m.get('seeds', [])) > 20 else ''})"),
         ("grid", "<br>".join(f"<code>{esc(k)}</code>: {esc(', '.join(fmt(v) for v in vals))}" for k, vals in m.get("grid", {}).items()) or "– (one configuration)"),
