@@ -1,8 +1,8 @@
 """GPU: population replica-steps/s for R up to 4096 vs one replica on the same GPU, and batched probes.
 
     python benchmarks/gpu.py [--device cuda] [--replicas 1,16,256,1024,4096] [--categories 10]
-                             [--cell-seconds 2] [--budget-s 240] [--threads N] [--small]
-                             [--json PATH]
+                             [--cell-seconds 2] [--budget-s 240] [--eval-categories 10,100]
+                             [--no-eval] [--threads N] [--small] [--json PATH]
     python benchmarks/gpu.py --device cpu --small          # smoke check without a GPU
 
 Torch only: it imports study.population / study.config / study.estimators / study.gumbel and the
@@ -17,9 +17,13 @@ Measured, on one device:
    -> 1, batch 256, soft, g_steps 1, uniform target): replica-steps/s, the speed-up over the
    population with R = 1 and over the plain loop, nominal matmul GFLOP/s and share of the peak;
 4. probes: 1000 single-sample estimates in one estimate_gradients call vs a Python loop of 1000
-   backward passes, soft / hard / gumbel_rao (benchmarks/probes.py, on the device).
+   backward passes, soft / hard / gumbel_rao (benchmarks/probes.py, on the device);
+5. evaluation cost at the tradeoff configuration (benchmarks/evaluation.py, --eval-categories,
+   default 10,100): one training step per relaxation and one `Population.evaluate()` on the device,
+   and evaluation's share of a 20,000-step, 21-evaluation trial (--no-eval skips it).
 
-Prints tables; writes JSON to --json, and to $OUT/gpu.json when OUT is set.
+Without a CUDA device (and --device cuda) it prints why and exits 0 without measuring: nothing to
+measure is not a failure. Prints tables; writes JSON to --json, and to $OUT/gpu.json when OUT is set.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ if __package__ in (None, ""):  # `python benchmarks/gpu.py`: benchmarks/ would s
 
 import torch
 
+from benchmarks import evaluation as evalbench
 from benchmarks import population as popbench
 from benchmarks import probes as probebench
 from benchmarks.common import machine_info, matmul_peak_gflops, print_table, write_json
@@ -55,6 +60,8 @@ def run(
     peak_n: int = 8192,
     probe_estimates: int = 1000,
     probe_repeats: int = 5,
+    eval_categories=(10, 100),
+    eval_seeds: int | None = None,
 ) -> dict:
     started = time.perf_counter()
 
@@ -103,6 +110,14 @@ def run(
         log("probes done")
     else:
         log("skipped probes: budget spent")
+    evaluation = []
+    for K in eval_categories:
+        if over_budget():
+            skipped.append({"evaluation": True, "K": K})
+            log(f"skipped evaluation cost K={K}: budget of {budget_s:g} s spent")
+            continue
+        evaluation.append(evaluation_cell(K, device=device, seeds=eval_seeds, step_seconds=min(cell_s, 3.0)))
+        log(f"evaluation K={K}: eval {evaluation[-1]['eval_s']:.3g} s, share {100 * evaluation[-1]['share']:.3g}%")
     return {
         "benchmark": "gpu",
         "settings": {"device": device, "replicas": list(replicas), "categories": list(categories), "cell_seconds": cell_s, "budget_s": budget_s},
@@ -110,8 +125,25 @@ def run(
         "rows": rows,
         "skipped": skipped,
         "probes": probes,
+        "evaluation": evaluation,
         "wall_s": time.perf_counter() - started,
     }
+
+
+def evaluation_cell(K: int, *, device: str, seeds: int | None = None, step_seconds: float = 2.0) -> dict:
+    """benchmarks/evaluation.py's measurement in this process, on `device`: seconds per step for
+    each relaxation, seconds per evaluation, and the evaluation share of the tradeoff trial."""
+    fields = {rel: evalbench.trial_fields(categories=K, relaxation=rel)[0] for rel in evalbench.RELAXATIONS}
+    n_seeds = seeds or evalbench.trial_fields(categories=K, relaxation="soft")[1]
+    steps, evaluations = evalbench.trial_shape(fields["soft"])
+    sync = (lambda: torch.cuda.synchronize(device)) if device.startswith("cuda") else (lambda: None)
+    measured = evalbench.measure_trial_cost(fields, n_seeds, device=device, step_seconds=step_seconds, evals=1, sync=sync)
+    step_s = measured["step_s"]
+    eval_s = min(measured["eval_s"])
+    mean_step = sum(step_s.values()) / len(step_s)
+    return {"K": K, "seeds": n_seeds, "eval_s": eval_s, "step_ms": {r: 1e3 * t for r, t in step_s.items()},
+            "mean_step_ms": 1e3 * mean_step, "share": evalbench.share(eval_s, mean_step, steps, evaluations),
+            "share_by_relaxation": {r: evalbench.share(eval_s, t, steps, evaluations) for r, t in step_s.items()}}
 
 
 def print_result(result: dict) -> None:
@@ -126,6 +158,12 @@ def print_result(result: dict) -> None:
         print(f"skipped (time budget): {result['skipped']}")
     if result["probes"]:
         probebench.print_result(result["probes"])
+    if result["evaluation"]:
+        rows = [{**r, "share_pct": 100 * r["share"], "step_ms": ", ".join(f"{k} {v:.3g}" for k, v in r["step_ms"].items())}
+                for r in result["evaluation"]]
+        print_table(rows, ["K", "seeds", "eval_s", "step_ms", "mean_step_ms", "share_pct"],
+                    title=f"evaluation cost at the tradeoff configuration on {s['device']} (benchmarks/evaluation.py)")
+        print("share_pct = 21 E / (21 E + 20,000 T): evaluation's share of a tradeoff trial, T the mean step over the relaxations")
     print(f"total {result['wall_s']:.0f} s; ray imported: {result['ray_imported']}")
 
 
@@ -137,20 +175,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cell-seconds", type=float, default=2.0)
     p.add_argument("--budget-s", type=float, default=240.0, help="start no new cell after this many seconds")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default)")
-    p.add_argument("--small", action="store_true", help="smoke size: R 1,4,16, short cells, small matmul")
+    p.add_argument("--eval-categories", type=_ints, default=[10, 100], help="K values of the evaluation-cost cells")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation-cost cells")
+    p.add_argument("--small", action="store_true", help="smoke size: R 1,4,16, short cells, small matmul, a 4-seed evaluation at K 10")
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("gpu.py: no CUDA device visible (torch.cuda.is_available() is False); use --device cpu --small for a smoke check", file=sys.stderr)
-        return 2
+        print("gpu.py: skipped: no CUDA device visible (torch.cuda.is_available() is False); "
+              "--device cpu --small runs a smoke check", file=sys.stderr)
+        skipped = {"benchmark": "gpu", "skipped": "no CUDA device visible", "machine": machine_info()}
+        write_json(args.json, skipped)
+        if os.environ.get("OUT"):
+            write_json(Path(os.environ["OUT"]) / "gpu.json", skipped)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    eval_seeds = None
     if args.small:
         args.replicas, args.cell_seconds = [1, 4, 16], 0.3
+        args.eval_categories, eval_seeds = [10], 4
     peak_n = 1024 if args.small or not args.device.startswith("cuda") else 8192
     result = run(
         device=args.device, replicas=args.replicas, categories=args.categories, cell_s=args.cell_seconds,
         budget_s=args.budget_s, peak_n=peak_n, probe_estimates=1000, probe_repeats=2 if args.small else 5,
+        eval_categories=[] if args.no_eval else args.eval_categories, eval_seeds=eval_seeds,
     )
     result["ray_imported"] = "ray" in sys.modules
     result["machine"] = machine_info()

@@ -26,8 +26,8 @@ logits are [G, 1 | S, *rest, K] (one logit vector per group, or one per sample, 
 generator gives). Three steps, which training and the probes both run:
 1. `draw(logits, noise, shape)` -> Draw: the randomness, none of which depends on tau: the Gumbels
    G, the category argmax(logits + G) of one-hot estimators, Gumbel-Rao's k Gumbels given that
-   category. `noise(name, shape)` supplies i.i.d. Exp(1) numbers whose first dim is G, in the
-   order and shapes of `noise_segments`.
+   category. `noise(name, shape, group_dim)` supplies i.i.d. Exp(1) numbers of `shape`, whose
+   dim `group_dim` indexes the G groups, in the order and shapes of `noise_segments`.
 2. `sample(logits, draw, tau)` -> y [G, S, *rest, K]: the point where f is evaluated, carrying the
    estimator's gradient w.r.t. the logits (pathwise), or the one-hot with none (score function).
    `emit` is its value without a gradient: what a population's D step is shown.
@@ -74,7 +74,7 @@ __all__ = [
 ]
 
 LossFn = Callable[[Tensor], Tensor]
-NoiseSource = Callable[[str, tuple[int, ...]], Tensor]  # (name, shape) -> i.i.d. Exp(1) of shape
+NoiseSource = Callable[[str, tuple[int, ...], int], Tensor]  # (name, shape, group_dim) -> i.i.d. Exp(1) of shape
 
 # Elements of the largest intermediate tensor per chunk of estimate_gradients (256 MiB in float64).
 _CHUNK_ELEMENTS = 1 << 25
@@ -82,9 +82,10 @@ _CHUNK_ELEMENTS = 1 << 25
 
 def fresh_noise(generator: torch.Generator | None, dtype: torch.dtype, device: torch.device | str | None) -> NoiseSource:
     """A noise source that draws fresh Exp(1) numbers from `generator`, as -log U with U uniform
-    (the transform of a population's random blocks; uniform_ and log beat exponential_ on CPU)."""
+    (the transform of a population's random blocks; uniform_ and log beat exponential_ on CPU),
+    contiguous in the shape asked for."""
 
-    def noise(name: str, shape: tuple[int, ...]) -> Tensor:
+    def noise(name: str, shape: tuple[int, ...], group_dim: int = 0) -> Tensor:
         u = torch.empty(shape, dtype=dtype, device=device).uniform_(generator=generator)  # ~U[0, 1)
         return u.clamp_min_(torch.finfo(dtype).tiny).log_().neg_()  # ~Exp(1)
 
@@ -127,13 +128,13 @@ class Estimator:
 
     def noise_segments(self, shape: tuple[int, ...], *, emit_only: bool = False, **options: int) -> list[tuple[str, tuple[int, ...]]]:
         """The Exp(1) draws of one group of samples of `shape` = (S, *rest, K), in the order `draw`
-        requests them (each with the group dim in front)."""
+        requests them, without the group dim."""
         return [("gumbel", tuple(shape))]
 
     def draw(self, logits: Tensor, noise: NoiseSource, shape: tuple[int, ...], *, emit_only: bool = False, **options: int) -> Draw:
         """Draws for samples of `shape` [G, S, *rest, K] from detached logits [G, 1|S, *rest, K];
         `emit_only`: only what `emit` needs."""
-        gumbel = gumbel_from_exponential(noise("gumbel", tuple(shape)))  # ~Gumbel(0, 1), [G, S, *rest, K]
+        gumbel = gumbel_from_exponential(noise("gumbel", tuple(shape), 0))  # ~Gumbel(0, 1), [G, S, *rest, K]
         index = (logits.expand(shape) + gumbel).argmax(dim=-1) if self.one_hot else None  # [G, S, *rest]
         return Draw(gumbel, index)
 
@@ -205,14 +206,17 @@ class _GumbelRao(_Hard):
         if emit_only:
             return base
         k = options["k"]
-        exponentials = noise("conditional", (shape[0], k, *shape[1:])).movedim(1, 0)  # ~Exp(1), [k, G, S, *rest, K]
+        exponentials = noise("conditional", (k, *shape), 1)  # ~Exp(1), [k, G, S, *rest, K]
         conditional = conditional_gumbel(logits.expand(shape), base.index, num_samples=k, exponentials=exponentials)
         return Draw(base.gumbel, base.index, conditional)  # conditional: [k, G, S, *rest, K]
 
     def sample(self, logits, draw, tau):
         lg = logits.expand(draw.gumbel.shape)  # [G, S, *rest, K]
         vertex = one_hot(draw.index, lg.shape[-1], lg.dtype)
-        relaxed = softmax((lg + draw.conditional) / tau).mean(dim=0)  # E[soft sample | category], [G, S, *rest, K]
+        k = draw.conditional.shape[0]
+        # The mean over the k copies as sum / k: the same value as mean(0), and its backward divides
+        # the small [G, S, *rest, K] gradient by k instead of its k-fold expansion.
+        relaxed = softmax((lg + draw.conditional) / tau).sum(dim=0) / k  # E[soft sample | category], [G, S, *rest, K]
         return straight_through(vertex, relaxed)
 
 

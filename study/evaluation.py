@@ -211,16 +211,24 @@ def probe_metrics(pop, tau: Tensor, marginal: Tensor) -> list[ProbeResult]:
     cfg = pop.config
     point = probe_point(pop)
     temperatures = [("current", tau)] + [("ladder", torch.full_like(tau, t)) for t in cfg.probe_taus]
+    # A temperature probed twice (the current one on the ladder) is measured once.
+    distinct: list[Tensor] = []
+    slot = []  # temperature i is distinct[slot[i]]
+    for _, t in temperatures:
+        same = [j for j, d in enumerate(distinct) if torch.equal(d, t)]
+        slot.append(same[0] if same else len(distinct))
+        if not same:
+            distinct.append(t)
     stats = {}
     for name in cfg.probe_estimators:
         estimator, options = ESTIMATORS[name], config_options(cfg, name)
         if estimator.pathwise:
-            moments = sampled_moments(pop, point, estimator, options, [t for _, t in temperatures])
+            moments = sampled_moments(pop, point, estimator, options, distinct)
             per_temperature = [_per_replica(sampled_stats(m, point.exact, point.samples), cfg.probe_estimates) for m in moments]
         else:  # the score function does not depend on tau: one closed form for every temperature
-            per_temperature = [_per_replica(reinforce_stats(point, marginal), 0)] * len(temperatures)
+            per_temperature = [_per_replica(reinforce_stats(point, marginal), 0)] * len(distinct)
         stats[name] = per_temperature
-    return [ProbeResult(name, source, t, stats[name][i]) for i, (source, t) in enumerate(temperatures) for name in cfg.probe_estimators]
+    return [ProbeResult(name, source, t, stats[name][slot[i]]) for i, (source, t) in enumerate(temperatures) for name in cfg.probe_estimators]
 
 
 def _per_replica(stats: dict[str, Tensor], n: int) -> dict[str, Tensor]:

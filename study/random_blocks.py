@@ -59,12 +59,14 @@ class StepNumbers:
         self.segment += 1
         return out
 
-    def exponentials(self, name: str, shape: tuple[int, ...]) -> Tensor:
+    def exponentials(self, name: str, shape: tuple[int, ...], group_dim: int = 0) -> Tensor:
         """The estimators' noise source (study.estimators.NoiseSource): Exp(1) numbers of `shape`,
-        whose first dim is the replica dim."""
-        if shape[0] != self.row.shape[0]:
-            raise AssertionError(f"{name} drawn for {shape[0]} replicas, the population has {self.row.shape[0]}")
-        return self.take(name, tuple(shape[1:]))
+        whose dim `group_dim` is the replica dim. The layout's segment holds each replica's numbers
+        in the order of the other dims; the replica dim is moved into place as a view."""
+        if shape[group_dim] != self.row.shape[0]:
+            raise AssertionError(f"{name} drawn for {shape[group_dim]} replicas, the population has {self.row.shape[0]}")
+        per_replica = tuple(shape[:group_dim]) + tuple(shape[group_dim + 1 :])
+        return self.take(name, per_replica).movedim(0, group_dim)
 
     def finish(self) -> None:
         if self.segment != len(self.layout.segments) or self.offset != self.layout.numbers:

@@ -374,9 +374,9 @@ def test_training_gradient_is_the_estimators_estimate(tmp_path, relaxation, dist
     _, surrogate = pop._generator_loss(numbers, tau)
     (trained,) = torch.autograd.grad(surrogate.sum(), pop.gen_params)  # [R, K]
 
-    def replay(name, shape):
-        # The estimator lays samples out [N = 1, (k,) S = B, R, K] for logits [R, K]; the population [R, (k,) B, K].
-        return segments[name].movedim(0, -2).unsqueeze(0)
+    def replay(name, shape, group_dim):
+        # The estimator lays samples out [(k,) N = 1, S = B, R, K] for logits [R, K]; the population [R, (k,) B, K].
+        return segments[name].movedim(0, -2).unsqueeze(group_dim)
 
     logits = pop.gen_params[0].detach()  # [R, K]
     f = lambda y: torch.nn.functional.softplus(-disc_logits(y, pop.disc_params, replica_dim=-2))  # noqa: E731
@@ -484,3 +484,18 @@ def test_reinforce_probe_is_the_same_at_every_temperature(tmp_path):
     for stat in ("bias2", "variance", "mse", "cosine", "rel_rmse", "bias2_floor", "n"):
         assert row[f"grad/reinforce/{stat}"] == row[f"ladder/0.1/reinforce/{stat}"] == row[f"ladder/10/reinforce/{stat}"], stat
     assert row["ladder/0.1/soft/variance"] != row["ladder/10/soft/variance"]
+
+
+def test_a_temperature_probed_twice_is_measured_once(tmp_path, monkeypatch):
+    """The current tau on the ladder: one measurement serves both probe rows."""
+    import study.evaluation as evaluation
+
+    cfg = _config(tmp_path, schedule="constant", tau0=0.5, probe_taus=(0.5, 2.0), probe_estimators=("hard",))
+    pop = Population(cfg, [1])
+    calls = []
+    inner = evaluation.sampled_moments
+    monkeypatch.setattr(evaluation, "sampled_moments", lambda *a, **k: calls.append(len(a[4])) or inner(*a, **k))
+    row = next(iter(_probe_rows(pop).values()))
+    assert calls == [2]  # 0.5 and 2.0
+    for stat in ("bias2", "variance", "n"):
+        assert row[f"grad/hard/{stat}"] == row[f"ladder/0.5/hard/{stat}"]
