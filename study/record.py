@@ -9,11 +9,16 @@ own directory. `gumbel-study train` and a Tune trial write the same record; anal
                                          vocab.PROBE_STATS
     TRIAL/record/host-<step>.json        where the trial ran from `step` on: host, device, GPU
 
-One file per evaluation step, written to a temporary name and renamed, so a reader never sees half
-a file, and a step evaluated again after a restore replaces its own file: no row is lost or
-counted twice, whatever kills the trial and however often it resumes. <step> is zero-padded so
-that names sort by step. Probe statistics and learned probabilities are float32: their Monte Carlo
-error is many orders above float32 rounding, and it halves the bytes stored per trial.
+One file per evaluation step, written when the evaluation ends (so a trial stopped early by a
+scheduler keeps every row it reported), to a temporary name and renamed, so that a reader never sees
+half a file. A restored trial evaluates again the steps after its checkpoint and rewrites their
+files whole: no row is lost or counted twice, whatever kills the trial and however often it
+resumes. <step> is zero-padded so that names sort by step.
+
+Probe statistics and learned probabilities are float32: their Monte Carlo error is many orders
+above float32 rounding. Floats are stored byte-stream-split (zstd then compresses their exponent
+bytes), the rest dictionary-encoded, without column statistics: a third fewer bytes than
+parquet's defaults, and faster to write.
 """
 
 from __future__ import annotations
@@ -98,7 +103,15 @@ def probes_table(evaluation: Evaluation) -> pa.Table:
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
-    _atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    floats = [f.name for f in table.schema if pa.types.is_floating(f.type) or pa.types.is_fixed_size_list(f.type)]
+    others = [f.name for f in table.schema if f.name not in floats]
+
+    def write(tmp: Path) -> None:
+        pq.write_table(
+            table, tmp, compression="zstd", use_byte_stream_split=floats, use_dictionary=others, write_statistics=False,
+        )
+
+    _atomic_write(path, write)
 
 
 def write_evaluation(directory: str | Path, evaluation: Evaluation, time_s: float) -> None:
