@@ -43,7 +43,9 @@ Tables (one row per ...); every one has `run` (RUN's directory name, made unique
   categoricals. Reduced in Arrow while reading: what the tradeoff table and its figures need.
 - `probes`  trial x seed x step x estimator x probed tau: trial_id, run, seed, step, estimator,
   source, tau, PROBE_STATS (float32; n int32), config columns (categoricals). Read from the record
-  on first access (the tradeoff grid's 29M rows take ~1.5 GB); in trial, step, record order.
+  again on first access, in trial, step, record order: the tradeoff grid's 29M rows take 1.7 GB
+  in pandas and ~25 s to read on 2 cores, with a peak near 4.4 GB for the process; the report
+  never reads them (probe_means is what its tables and figures need).
 - `sessions`  run x session of run.json: run, session (1, 2, ...), started, argv (one shell
   line), spec_path, spec_text, revision, python, torch, ray, cuda, host, resources (JSON).
 - `hosts`  trial x host file: run, trial_id, from_step, host, pid, device, gpu, cpu, threads.
@@ -267,7 +269,7 @@ def _with_keys(frame: pd.DataFrame, trials: pd.DataFrame, codes: np.ndarray, con
     for col in config:
         if categorical:
             values, uniques = pd.factorize(trials[col])
-            frame[col] = pd.Categorical.from_codes(values[codes], categories=uniques)
+            frame[col] = pd.Categorical.from_codes(values.astype(np.int16 if len(uniques) < 2**15 else np.int32)[codes], categories=uniques)
         else:
             frame[col] = trials[col].array.take(codes)
     return frame
@@ -299,9 +301,14 @@ def _read_probe_rows(trials: pd.DataFrame, data: list[TrialData | None], config:
     with ThreadPoolExecutor(max(1, min(workers, len(jobs) or 1))) as pool:
         tables = list(pool.map(lambda job: (job[0], read_probe_rows(job[1].fs, job[1].files)), jobs))
     table, codes = _codes(trials, tables)
+    del tables  # the concatenated table alone holds the rows, so that dropping its columns frees them
     if table is None:
         return pd.DataFrame(columns=["trial_id", "run", "seed", "step", "estimator", "source", "tau", *PROBE_STATS, *config])
-    return _with_keys(table.to_pandas(self_destruct=True), trials, codes, config, categorical=True)
+    frame = pd.DataFrame(index=pd.RangeIndex(table.num_rows))
+    for name in table.column_names:  # one column at a time: the peak is the table plus one column
+        frame[name] = table.column(name).to_pandas()
+        table = table.drop_columns([name])
+    return _with_keys(frame, trials, codes, config, categorical=True)
 
 
 def _final_metrics(trials: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:

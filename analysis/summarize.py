@@ -512,7 +512,7 @@ def schedule_curves(trials: pd.DataFrame, n_points: int = 200) -> pd.DataFrame:
             continue
         grid = np.arange(steps + 1) if kind == "stepwise" and steps <= 4 * n_points else np.unique(np.linspace(0, steps, n_points).round().astype(int))
         try:
-            tau = schedule_tau(kind, grid, tau0, rate, tau_min, interval, exp=np.exp, floor=np.maximum)
+            tau = schedule_tau(kind, grid, tau0, rate, tau_min, interval, exp=np.exp, floor=np.maximum, log=np.log)
         except ValueError:
             continue
         part = pd.DataFrame({"step": grid, "tau": np.broadcast_to(tau, grid.shape).astype(float)})
