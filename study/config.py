@@ -45,7 +45,7 @@ from typing import Any
 
 from study.schedules import Schedule
 from study.targets import TargetError, parse_target
-from study.vocab import ESTIMATORS_INFO, RELAXATIONS, SCHEDULES, probe_key
+from study.vocab import ESTIMATORS_INFO, RELAXATIONS, RELGAN_SCHEDULES, SCHEDULES, probe_key
 
 __all__ = [
     "AshaSpec",
@@ -107,11 +107,11 @@ class TrialConfig:
     # --- relaxation and temperature
     relaxation: str = "soft"  # training estimator: soft, hard (straight-through), gumbel_rao, reinforce
     gumbel_rao_k: int = 10  # conditional samples for gumbel_rao
-    schedule: str = "constant"  # constant, exponential, stepwise, linear
+    schedule: str = "constant"  # constant, exponential, stepwise, linear, relgan_{exp,lin,log,sigmoid,quad,sqrt}
     tau0: float = 1.0  # starting temperature
     anneal_rate: float = 0.0  # schedule rate (per discriminator step)
     tau_min: float = 0.1  # temperature floor of annealing schedules
-    anneal_interval: int = 1000  # stepwise: steps between updates (Jang et al.: 500 or 1000)
+    anneal_interval: int = 1000  # stepwise: steps between updates (Jang et al.: 500 or 1000); relgan_*: N
     # --- optimisation
     steps: int = 2000  # discriminator steps
     g_steps: int = 1  # generator steps per discriminator step
@@ -375,6 +375,8 @@ def validate_trial(cfg: TrialConfig, *, base_dir: Path | None = None) -> None:
     choice("device", DEVICES)
     if cfg.schedule != "constant":
         _check(cfg.tau_min <= cfg.tau0, "tau_min", cfg.tau_min, f"must be <= tau0={cfg.tau0!r} for an annealing schedule")
+    if cfg.schedule in RELGAN_SCHEDULES:
+        _check(cfg.anneal_interval >= 2, "anneal_interval", cfg.anneal_interval, f"is RelGAN's N for {cfg.schedule}: must be >= 2")
     _check_target(cfg.target, cfg.categories, base_dir, "target")
 
 

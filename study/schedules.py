@@ -5,6 +5,9 @@
 - stepwise:    tau(t) = max(tau_min, tau0 * exp(-rate * N * floor(t / N)))   (Jang et al. 2017,
                who used N in {500, 1000}, rate in {1e-5, 1e-4}, tau_min = 0.5)
 - linear:      tau(t) = max(tau_min, tau0 - rate * t)
+- relgan_exp, relgan_lin, relgan_log, relgan_sigmoid, relgan_quad, relgan_sqrt: RelGAN's
+               inverse-temperature policies (Nie et al. 2019), tau(t) = tau0 / beta(t), beta rising
+               from 1 to tau0 / tau_min over N = interval steps (vocab.relgan_beta)
 
 The formulas are written once, in study.vocab.schedule_tau. A `Schedule` is built once (by
 `make_schedule`, a named factory, or TrialConfig.schedule_for), validated there, then called as
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from study.vocab import SCHEDULES, schedule_tau
+from study.vocab import RELGAN_SCHEDULES, SCHEDULES, schedule_tau
 
 __all__ = [
     "SCHEDULES",
@@ -58,6 +61,8 @@ def validate(kind: str, tau0: float, rate: float, tau_min: float, interval: int)
         raise ValueError(f"tau_min must be <= tau0, got tau_min={tau_min!r} > tau0={tau0!r}")
     if kind == "stepwise" and (isinstance(interval, bool) or not isinstance(interval, int) or interval < 1):
         raise ValueError(f"interval must be an integer >= 1, got interval={interval!r}")
+    if kind in RELGAN_SCHEDULES and (isinstance(interval, bool) or not isinstance(interval, int) or interval < 2):
+        raise ValueError(f"interval (RelGAN's N) must be an integer >= 2, got interval={interval!r}")
 
 
 def tau_tensor(kind: str, step: int, tau0: Tensor, rate: Tensor, tau_min: float, interval: int = 1) -> Tensor:

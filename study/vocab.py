@@ -23,6 +23,7 @@ __all__ = [
     "PROBE_STATS",
     "RELAXATIONS",
     "SAMPLE_KEYS",
+    "RELGAN_SCHEDULES",
     "SCHEDULES",
     "STAT_NAMES",
     "EstimatorInfo",
@@ -30,6 +31,7 @@ __all__ = [
     "estimator_label",
     "parse_metric_key",
     "probe_key",
+    "relgan_beta",
     "schedule_tau",
 ]
 
@@ -134,7 +136,36 @@ GROUP_COLUMNS = ("target", "categories", "relaxation", "schedule", "tau0", "anne
 
 # ---------------------------------------------------------------------- schedules
 
-SCHEDULES = ("constant", "exponential", "stepwise", "linear")
+# RelGAN's inverse-temperature policies (Nie et al. 2019): beta = 1/tau rises from 1 to beta_max
+# over N steps. Here tau0 plays beta = 1 and tau_min beta_max: tau = tau0 / beta with
+# beta_max = tau0 / tau_min (tau0 = 1 gives the paper's schedules), and N = anneal_interval.
+RELGAN_POLICIES = ("exp", "lin", "log", "sigmoid", "quad", "sqrt")
+RELGAN_SCHEDULES = tuple(f"relgan_{policy}" for policy in RELGAN_POLICIES)
+SCHEDULES = ("constant", "exponential", "stepwise", "linear", *RELGAN_SCHEDULES)
+
+
+def relgan_beta(policy: str, n: Any, big_n: int, beta_max: Any, *, exp: Callable = math.exp, log: Callable = math.log) -> Any:
+    """RelGAN's beta at step n (Nie et al. 2019, Table/code), capped at beta_max after N steps.
+
+    exp: beta_max^(n/N)                      lin:  1 + n (beta_max - 1)/(N - 1)
+    log: 1 + (beta_max - 1) ln(n + 1)/ln N   sigmoid: 1 + (beta_max - 1)/(1 + e^((N/2 - n) 20/N))
+    quad: 1 + (beta_max - 1) n^2/(N - 1)^2   sqrt: 1 + (beta_max - 1) sqrt(n)/sqrt(N - 1)
+    The last five as in the authors' code. `exp` and `log` act on step expressions (floats or arrays).
+    schedule_tau holds beta at its value at n = N after N steps (and tau0 / beta >= tau_min): beta_max
+    for every policy but sigmoid, which ends 1/(1 + e^-10) of the way, as the authors' does.
+    """
+    if policy == "exp":
+        return beta_max ** (n / big_n)
+    rise = {
+        "lin": lambda: n / (big_n - 1),
+        "log": lambda: log(n + 1) / math.log(big_n),
+        "sigmoid": lambda: 1 / (1 + exp((big_n / 2 - n) * 20 / big_n)),
+        "quad": lambda: n**2 / (big_n - 1) ** 2,
+        "sqrt": lambda: n**0.5 / (big_n - 1) ** 0.5,
+    }
+    if policy not in rise:
+        raise ValueError(f"unknown RelGAN policy {policy!r}; known: {', '.join(RELGAN_POLICIES)}")
+    return 1 + (beta_max - 1) * rise[policy]()
 
 
 def schedule_tau(
@@ -147,6 +178,7 @@ def schedule_tau(
     *,
     exp: Callable[[Any], Any] = math.exp,
     floor: Callable[[Any, float], Any] = max,
+    log: Callable[[Any], Any] = math.log,
 ) -> Any:
     """The temperature of schedule `kind` at `step`; the one place the formulas are written.
 
@@ -154,10 +186,20 @@ def schedule_tau(
     - exponential: max(tau_min, tau0 * exp(-rate * t))
     - stepwise:    max(tau_min, tau0 * exp(-rate * N * floor(t / N)))  (Jang et al. 2017, N = interval)
     - linear:      max(tau_min, tau0 - rate * t)
+    - relgan_<policy>: max(tau_min, tau0 / beta(t)), beta from `relgan_beta` with
+                   beta_max = tau0 / tau_min and N = interval (rate is not used)
 
     Works on floats (the defaults), tensors (`exp=torch.exp`, `floor=Tensor.clamp_min`) and arrays
-    (`exp=np.exp`, `floor=np.maximum`): `step` may be an int or an array of steps.
+    (`exp=np.exp`, `floor=np.maximum`, `log=np.log`): `step` may be a number or an array of
+    steps; tau0 and rate may be tensors when step is a number.
     """
+    if kind in RELGAN_SCHEDULES:
+        scalar = isinstance(step, (int, float))  # a tensor tau0 with a number step: math on the step
+        beta = relgan_beta(
+            kind.removeprefix("relgan_"), min(step, interval) if scalar else step, interval, tau0 / tau_min,
+            exp=math.exp if scalar else exp, log=math.log if scalar else log,
+        )
+        return floor(tau0 / beta, tau_min)
     if kind == "constant":
         return tau0 * 1.0
     if kind == "exponential":

@@ -103,7 +103,8 @@ def test_named_factories_equal_make_schedule():
     assert exponential(5.0, 1e-3, 0.4) == make_schedule("exponential", 5.0, 1e-3, 0.4)
     assert stepwise(1.0, 1e-4, 500, 0.5) == make_schedule("stepwise", 1.0, 1e-4, 0.5, 500)
     assert linear(3.0, 1e-3, 0.2) == make_schedule("linear", 3.0, 1e-3, 0.2)
-    assert set(SCHEDULES) == {"constant", "exponential", "stepwise", "linear"}
+    relgan = {f"relgan_{p}" for p in ("exp", "lin", "log", "sigmoid", "quad", "sqrt")}
+    assert set(SCHEDULES) == {"constant", "exponential", "stepwise", "linear"} | relgan
 
 
 @pytest.mark.parametrize("kind", SCHEDULES)
@@ -196,3 +197,51 @@ def test_tensor_form_is_the_formula_in_the_dtype(case):
         assert abs(float(t32[0]) - schedule(step)) <= 8 * eps32 * tau0, step
     with pytest.raises(ValueError, match="step=-1"):
         schedule.tensor(-1)
+
+
+# ---------------------------------------------------------------- RelGAN's policies
+
+# Nie et al. 2019 (RelGAN), their Table and code, written out here independently of vocab.relgan_beta:
+# beta at step n of N, rising from 1 to beta_max.
+RELGAN_REFERENCE = {
+    "exp": lambda n, N, b: b ** (n / N),
+    "lin": lambda n, N, b: 1 + n * (b - 1) / (N - 1),
+    "log": lambda n, N, b: 1 + (b - 1) * math.log(n + 1) / math.log(N),
+    "sigmoid": lambda n, N, b: 1 + (b - 1) / (1 + math.exp((N / 2 - n) * 20 / N)),
+    "quad": lambda n, N, b: 1 + (b - 1) * n**2 / (N - 1) ** 2,
+    "sqrt": lambda n, N, b: 1 + (b - 1) * math.sqrt(n) / math.sqrt(N - 1),
+}
+
+
+@pytest.mark.parametrize("policy", sorted(RELGAN_REFERENCE))
+@pytest.mark.parametrize("beta_max", [10.0, 1000.0])
+def test_relgan_schedules_follow_the_papers_formulas(policy, beta_max):
+    N = 500
+    schedule = Schedule(f"relgan_{policy}", 1.0, 0.0, 1.0 / beta_max, N)  # tau0 = 1: the paper's beta
+    for n in (0, 1, 7, N // 2, N - 2, N - 1):
+        beta = RELGAN_REFERENCE[policy](n, N, beta_max)
+        expected = max(1.0 / beta_max, 1.0 / beta)
+        # Float64 on both sides; the formulas may associate differently: a few ulps.
+        assert schedule(n) == pytest.approx(expected, rel=1e-12), (policy, n)
+    assert schedule(0) == pytest.approx(1.0 if policy != "sigmoid" else 1 / RELGAN_REFERENCE["sigmoid"](0, N, beta_max))
+    # After N steps beta stays where it is at step N: beta_max (tau at the floor), except for the
+    # sigmoid, which is 1/(1 + e^-10) of the way there at N.
+    assert schedule(10 * N) == schedule(N)
+    if policy != "sigmoid":
+        assert schedule(N) == pytest.approx(1.0 / beta_max, rel=1e-12)
+
+
+@pytest.mark.parametrize("policy", sorted(RELGAN_REFERENCE))
+def test_relgan_scales_to_any_start_temperature_and_works_on_tensors(policy):
+    tau0, tau_min, N = 2.0, 0.02, 300
+    schedule = Schedule(f"relgan_{policy}", tau0, 0.0, tau_min, N)
+    base = Schedule(f"relgan_{policy}", 1.0, 0.0, tau_min / tau0, N)
+    for n in (0, 13, 150, 299, 1000):
+        assert schedule(n) == pytest.approx(tau0 * base(n), rel=1e-12)  # tau0 / beta with beta_max = tau0 / tau_min
+        t = schedule.tensor(n, (3,), dtype=torch.float64)
+        assert torch.allclose(t, torch.full((3,), schedule(n), dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+def test_relgan_needs_n_of_at_least_two():
+    with pytest.raises(ValueError, match="interval"):
+        Schedule("relgan_lin", 1.0, 0.0, 0.1, 1)
