@@ -516,6 +516,8 @@ def schedule_curves(trials: pd.DataFrame, n_points: int = 200) -> pd.DataFrame:
         except ValueError:
             continue
         part = pd.DataFrame({"step": grid, "tau": np.broadcast_to(tau, grid.shape).astype(float)})
+        if not np.isfinite(part["tau"]).all():
+            continue
         parts.append(part.assign(**{k: cfg.get(k) for k in cols[:-2]}))
     return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 

@@ -72,7 +72,10 @@ def _probe_stats(est: str, tau: np.ndarray, rng: np.random.Generator, n: int) ->
 
 
 def _write(table: pa.Table, path: Path) -> None:
-    pq.write_table(table, path, compression="zstd")
+    """As study.record writes: zstd, floats byte-stream-split, the rest dictionary-encoded, no statistics."""
+    floats = [f.name for f in table.schema if pa.types.is_floating(f.type) or pa.types.is_fixed_size_list(f.type)]
+    others = [f.name for f in table.schema if f.name not in floats]
+    pq.write_table(table, path, compression="zstd", use_byte_stream_split=floats, use_dictionary=others, write_statistics=False)
 
 
 def write_trial(directory: Path, config: dict, *, seeds: int, rng: np.random.Generator, quality: float | None = None, host: str = "node-1", device: str = "cpu") -> None:

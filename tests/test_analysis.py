@@ -317,6 +317,9 @@ def test_schedule_curves_follow_vocab_formulas():
     assert curves[("exponential", 0)] == 2.0 and curves[("exponential", 300)] == pytest.approx(max(0.1, 2.0 * math.exp(-3.0)))
     assert curves[("stepwise", 49)] == 1.0 and curves[("stepwise", 50)] == pytest.approx(math.exp(-0.5))  # every step: the jumps show
     assert (curves["constant"] == 0.5).all() and curves[("linear", 300)] == pytest.approx(0.7)
+    relgan = S.schedule_curves(trials.assign(schedule="relgan_exp", anneal_interval=100))
+    assert set(relgan["schedule"]) == {"relgan_exp"} and np.isfinite(relgan["tau"]).all()
+    assert relgan.groupby("tau0")["tau"].first().to_dict() == {0.5: 0.5, 1.0: 1.0, 2.0: 2.0}  # beta(0) = 1
 
 
 # ---------------------------------------------------------------- the record on synthetic runs
