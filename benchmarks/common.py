@@ -234,6 +234,14 @@ def goal_line(name: str, value: float, goal: float, unit: str = "x", *, higher_i
     return f"goal {name}: {op} {goal:g}{unit}; measured {fmt(value)}{unit} -> {'met' if met else 'NOT met'}"
 
 
+def finish(result: dict[str, Any], json_path: str | os.PathLike | None, print_result: Callable[[dict], None]) -> int:
+    """A benchmark's last steps: note the machine, print the result, write it as JSON; exit 0."""
+    result["machine"] = machine_info()
+    print_result(result)
+    write_json(json_path, result)
+    return 0
+
+
 def write_json(path: str | os.PathLike | None, data: Any) -> None:
     if not path:
         return

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if __package__ in (None, ""):
         sys.path[:] = [q for q in sys.path if Path(q or ".").resolve() != HERE]
         sys.path.insert(0, str(ROOT))
-    from benchmarks.common import machine_info, write_json
+    from benchmarks.common import finish
 
     categories = [int(k) for k in args.categories.split(",") if k]
     relaxations = [r for r in args.relaxations.split(",") if r]
@@ -225,10 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         categories, relaxations, seeds, args.step_seconds = [10], ["soft"], 4, 0.5
     result = run(categories=categories, relaxations=relaxations, against=args.against, rounds=args.rounds, evals=args.evals,
                  step_seconds=args.step_seconds, threads=args.threads, seeds=seeds)
-    result["machine"] = machine_info()
-    print_result(result)
-    write_json(args.json, result)
-    return 0
+    return finish(result, args.json, print_result)
 
 
 if __name__ == "__main__":

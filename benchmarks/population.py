@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.common import autonumber, machine_info, measure, print_table, write_json
+from benchmarks.common import autonumber, finish, measure, print_table
 from study.config import TrialConfig
 from study.population import Population
 
@@ -350,10 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         replicas=args.replicas, categories=args.categories, batch=args.batch,
         cell_s=args.cell_seconds, rounds=args.rounds, device=args.device, peak_n=args.peak_n, full_batch=args.full_batch,
     )
-    result["machine"] = machine_info()
-    print_result(result)
-    write_json(args.json, result)
-    return 0
+    return finish(result, args.json, print_result)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # `python benchmarks/probes.py`: benchmarks/ woul
 
 import torch
 
-from benchmarks.common import autonumber, machine_info, measure, print_table, write_json
+from benchmarks.common import autonumber, finish, measure, print_table
 from study.estimators import estimate_gradients
 from study.gumbel import conditional_gumbel, gumbel_max, gumbel_softmax, one_hot, straight_through
 
@@ -165,10 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         loop_repeats=1 if args.small else 3,
         device=args.device,
     )
-    result["machine"] = machine_info()
-    print_result(result)
-    write_json(args.json, result)
-    return 0
+    return finish(result, args.json, print_result)
 
 
 if __name__ == "__main__":

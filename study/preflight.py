@@ -169,13 +169,19 @@ def _check_local_uri(path: str, option: str, uri: str, must_exist: bool) -> None
         if not target.is_dir():
             raise ConfigError(option, uri, "not a directory" if target.exists() else "no such directory")
         return
+    check_writable(target, option, uri)
+
+
+def check_writable(directory: Path, option: str, value: str) -> None:
+    """Create `directory` if needed and write and remove a file there; ConfigError(option, value)
+    naming the cause when that fails."""
     try:
-        target.mkdir(parents=True, exist_ok=True)
-        probe = target / f".write-test-{os.getpid()}"
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise ConfigError(option, uri, f"cannot write there ({err.strerror or err})") from None
+        raise ConfigError(option, value, f"cannot write there ({err.strerror or err})") from None
 
 
 def check_storage(uri: str, option: str = "--storage", *, must_exist: bool = False, timeout: float = STORAGE_TIMEOUT_S) -> None:

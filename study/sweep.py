@@ -34,6 +34,7 @@ from ray.tune import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Syn
 
 from study.config import ConfigError, StudySpec, TrialConfig
 from study.evaluation import Evaluation
+from study.preflight import check_writable
 from study.provenance import append_session, session_info
 from study.record import write_evaluation, write_host
 from study.train import Trial, lean_metrics, load_state, save_state
@@ -95,13 +96,7 @@ def _storage_path(storage: str) -> str:
     if "://" in storage:
         return storage
     path = Path(storage).expanduser().resolve()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError("--storage", storage, f"cannot write there ({err.strerror or err})") from None
+    check_writable(path, "--storage", storage)
     return str(path)
 
 
