@@ -242,6 +242,19 @@ def finish(result: dict[str, Any], json_path: str | os.PathLike | None, print_re
     return 0
 
 
+def proc_bytes(pid: int, file: str, key: str) -> int:
+    """A `key:  N kB` line of /proc/PID/FILE (status: VmHWM, VmRSS; smaps_rollup: Pss), in bytes;
+    0 when the process is gone or the line is absent."""
+    try:
+        with open(f"/proc/{pid}/{file}") as fh:
+            for line in fh:
+                if line.startswith(f"{key}:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def write_json(path: str | os.PathLike | None, data: Any) -> None:
     if not path:
         return

@@ -66,7 +66,7 @@ if __package__ in (None, ""):  # `python benchmarks/scale.py`: benchmarks/ would
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import HERE, ROOT, fmt, machine_info, print_table, write_json
+from benchmarks.common import HERE, ROOT, fmt, machine_info, print_table, proc_bytes, write_json
 
 SPEC = "experiments/tradeoff.toml"
 FULL_TRIALS = 1344  # the tradeoff grid; checked against the spec
@@ -191,14 +191,7 @@ def _proc_stat(pid: int) -> tuple[int, int, str, int] | None:
 
 def peak_rss(pid: int) -> int:
     """VmHWM of a live process (its peak resident set so far), bytes; 0 when it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
+    return proc_bytes(pid, "status", "VmHWM")
 
 
 def cpu_seconds(pid: int) -> float | None:

@@ -44,7 +44,7 @@ if __package__ in (None, ""):  # `python benchmarks/study_run.py`: this very fil
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, machine_info, print_table, write_json
+from benchmarks.common import ROOT, machine_info, print_table, proc_bytes, write_json
 
 GOAL_RATIO = 10.0
 GOAL_QUICK_RSS_GB = 3.0
@@ -102,14 +102,7 @@ def _psutil_table() -> dict[int, tuple[int, int, int]]:
 
 
 def _pss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
+    return proc_bytes(pid, "smaps_rollup", "Pss")
 
 
 class TreeMemory:
