@@ -103,7 +103,8 @@ class Population:
         self.target = parse_target(config.target, self.K)
         self.target_probs = self.target.probs.to(dtype=self.dtype, device=self.device).expand(self.R, self.K)  # [R, K]
         cdf = self.target.probs.to(dtype=self.dtype, device=self.device).cumsum(dim=-1)
-        self._target_cdf = (cdf / cdf[-1]).contiguous()  # [K], last entry exactly 1
+        # One row per replica: searchsorted is faster with a row per row of values than with one shared row.
+        self._target_cdf = (cdf / cdf[-1]).expand(self.R, self.K).contiguous()  # [R, K], last entry exactly 1
         self._stream = None if self.target.stream is None else self.target.stream.to(self.device)
         self.stream_pos = torch.zeros(self.R, dtype=torch.long)  # next index into the stream, per replica
 

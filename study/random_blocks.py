@@ -66,7 +66,8 @@ class StepNumbers:
         if shape[group_dim] != self.row.shape[0]:
             raise AssertionError(f"{name} drawn for {shape[group_dim]} replicas, the population has {self.row.shape[0]}")
         per_replica = tuple(shape[:group_dim]) + tuple(shape[group_dim + 1 :])
-        return self.take(name, per_replica).movedim(0, group_dim)
+        numbers = self.take(name, per_replica)  # [R, *per_replica]
+        return numbers if group_dim == 0 else numbers.movedim(0, group_dim)
 
     def finish(self) -> None:
         if self.segment != len(self.layout.segments) or self.offset != self.layout.numbers:

@@ -18,6 +18,7 @@ temperature as a tensor in a population's dtype (how a population anneals its re
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -90,9 +91,15 @@ class Schedule:
         """tau at `step` as a tensor of `shape`, computed in `dtype` (so in float32 for a float32
         population: not the float64 value rounded)."""
         _check_step(step)
-        tau0 = torch.full(shape, self.tau0, dtype=dtype, device=device)
-        rate = torch.full(shape, self.rate, dtype=dtype, device=device)
+        tau0, rate = _filled(self.tau0, self.rate, tuple(shape), dtype, str(device or "cpu"))
         return tau_tensor(self.kind, step, tau0, rate, self.tau_min, self.interval)
+
+
+@functools.lru_cache(maxsize=64)
+def _filled(tau0: float, rate: float, shape: tuple[int, ...], dtype: torch.dtype, device: str) -> tuple[Tensor, Tensor]:
+    """tau0 and rate as tensors of `shape`, made once (a population asks for them every step).
+    tau_tensor never writes to its inputs, so sharing them is safe."""
+    return torch.full(shape, tau0, dtype=dtype, device=device), torch.full(shape, rate, dtype=dtype, device=device)
 
 
 def _check_step(step: int) -> None:
