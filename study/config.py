@@ -123,7 +123,6 @@ class TrialConfig:
     eval_every: int = 200  # discriminator steps between evaluations (and one at the end)
     probe_estimators: tuple[str, ...] = RELAXATIONS  # probed at each evaluation
     probe_estimates: int = 1000  # independent estimates per probe (batched)
-    probe_samples: int = 1  # samples per estimate
     probe_points: int = 4  # mlp generator: noise draws at which logits are probed
     probe_taus: tuple[float, ...] = ()  # optional ladder of temperatures probed besides the current one
     eval_samples: int = 2000  # samples for sample/* metrics (and the mlp generator's probabilities)
@@ -365,7 +364,6 @@ def validate_trial(cfg: TrialConfig, *, base_dir: Path | None = None) -> None:
     for name in cfg.probe_estimators:
         _check(name in PROBEABLE, "probe_estimators", name, f"unknown estimator; known: {', '.join(PROBEABLE)}")
     positive_int("probe_estimates", 2)
-    positive_int("probe_samples")
     positive_int("probe_points")
     for tau in cfg.probe_taus:
         _check(_finite(tau) and tau > 0, "probe_taus", tau, "each must be a finite number > 0")

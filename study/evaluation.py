@@ -14,7 +14,7 @@ softplus(-D(y)) (a sample's G loss under the current discriminator):
 - Samples per estimate S: with free logits a training step's generator gradient is the estimator
   applied to its batch's mean loss, so S = batch_size. With the MLP generator each sample has its
   own logits, so the training estimate at one point has S = 1 (REINFORCE's baseline still averages
-  the batch's other B - 1 losses). The config's `probe_samples` is not used.
+  the batch's other B - 1 losses).
 - soft, hard, gumbel_rao: N = probe_estimates single-sample estimates from fresh draws. An S-sample
   estimate is the mean of S i.i.d. single-sample ones, so it has their mean and their covariance / S:
   variance = trace / S, bias2 from the mean of the N draws, bias2_floor = trace / N (the noise in
