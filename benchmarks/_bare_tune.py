@@ -28,9 +28,15 @@ import tempfile
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # `python benchmarks/_bare_tune.py`: import `benchmarks` from the checkout
+    sys.path.insert(0, str(ROOT))
+
 import ray
 from ray import tune
 from ray.tune import Checkpoint, CheckpointConfig, RunConfig, SyncConfig, TuneConfig, Tuner
+
+from benchmarks._tune_errors import failed_trials
 
 
 def make_trainable(reports: int, keys: int, every: int, checkpoint_bytes: int):
@@ -85,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     results = tuner.fit()
     errors = [r for r in results if r.error is not None]
     print(f"finished in {time.time() - started:.1f} s: {len(results) - len(errors)} of {len(results)} trials completed", flush=True)
-    for r in errors[:3]:
-        print(f"  failed: {str(r.error).strip().splitlines()[-1] if str(r.error).strip() else type(r.error).__name__}")
+    failed_trials(results)
     ray.shutdown()
     return 1 if errors else 0
 

@@ -28,6 +28,8 @@ if __package__ in (None, ""):  # `python benchmarks/_plain_tune.py`: benchmarks/
 import ray
 from ray.tune import RunConfig, TuneConfig, Tuner, grid_search, report
 
+from benchmarks._tune_errors import failed_trials
+
 
 def plain_trainable(config: dict) -> None:
     """One configuration, one seed: PlainGAN trained for `steps`, reporting at the evaluation points."""
@@ -80,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     results = tuner.fit()
     errors = [r for r in results if r.error is not None]
     print(f"plain tune: {len(results) - len(errors)} of {len(results)} trials completed in {time.perf_counter() - started:.1f} s")
-    for r in errors[:3]:
-        print(f"  failed: {str(r.error).strip().splitlines()[-1] if str(r.error).strip() else type(r.error).__name__}")
+    failed_trials(results)
     ray.shutdown()
     return 1 if errors else 0
 
