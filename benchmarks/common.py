@@ -255,6 +255,22 @@ def proc_bytes(pid: int, file: str, key: str) -> int:
     return 0
 
 
+def tree_members(parents: dict[int, int], sessions: dict[int, int], root: int) -> set[int]:
+    """root, every live process below it (parents: pid -> ppid) and every process of the session
+    root leads (sessions: pid -> sid; Ray's processes leave the tree): what root started."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    found, stack = set(), [root]
+    while stack:
+        pid = stack.pop()
+        if pid in found or pid not in parents:
+            continue
+        found.add(pid)
+        stack.extend(children.get(pid, []))
+    return found | {pid for pid, sid in sessions.items() if sid == root}
+
+
 def write_json(path: str | os.PathLike | None, data: Any) -> None:
     if not path:
         return

@@ -66,7 +66,7 @@ if __package__ in (None, ""):  # `python benchmarks/scale.py`: benchmarks/ would
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import HERE, ROOT, fmt, machine_info, print_table, proc_bytes, write_json
+from benchmarks.common import HERE, ROOT, fmt, machine_info, print_table, proc_bytes, tree_members, write_json
 
 SPEC = "experiments/tradeoff.toml"
 FULL_TRIALS = 1344  # the tradeoff grid; checked against the spec
@@ -214,17 +214,7 @@ def process_tree(root: int) -> dict[int, tuple[str, int]]:
             stat = _proc_stat(int(entry))
             if stat is not None:
                 table[int(entry)] = stat
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, *_rest) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found, stack = set(), [root]
-    while stack:
-        pid = stack.pop()
-        if pid in found or pid not in table:
-            continue
-        found.add(pid)
-        stack.extend(children.get(pid, []))
-    found |= {pid for pid, (_, sid, _, _) in table.items() if sid == root}
+    found = tree_members({pid: row[0] for pid, row in table.items()}, {pid: row[1] for pid, row in table.items()}, root)
     return {pid: (table[pid][2], table[pid][3]) for pid in found}
 
 

@@ -44,7 +44,7 @@ if __package__ in (None, ""):  # `python benchmarks/study_run.py`: this very fil
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, machine_info, print_table, proc_bytes, write_json
+from benchmarks.common import ROOT, machine_info, print_table, proc_bytes, tree_members, write_json
 
 GOAL_RATIO = 10.0
 GOAL_QUICK_RSS_GB = 3.0
@@ -124,18 +124,7 @@ class TreeMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def members(self, table: dict[int, tuple[int, int, int]]) -> set[int]:
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _, _) in table.items():
-            children.setdefault(ppid, []).append(pid)
-        found, stack = set(), [self.pid]
-        while stack:
-            pid = stack.pop()
-            if pid in found or pid not in table:
-                continue
-            found.add(pid)
-            stack.extend(children.get(pid, []))
-        found |= {pid for pid, (_, sid, _) in table.items() if sid == self.pid}  # started with its own session
-        return found
+        return tree_members({pid: row[0] for pid, row in table.items()}, {pid: row[1] for pid, row in table.items()}, self.pid)
 
     def _run(self) -> None:
         tick = 0
