@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from spec_text import SPEC_HEAD
 
 from study import preflight
 from study.cli import main
@@ -17,13 +18,7 @@ from study.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
-GOOD = """
-name = "bad"
-seeds = 2
-[fixed]
-categories = 5
-target = "uniform"
-steps = 10
+GOOD = SPEC_HEAD + """steps = 10
 eval_every = 5
 probe_estimates = 20
 eval_samples = 20

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from spec_text import SPEC_HEAD
 from record_rows import record_rows, trial_dirs
 from result_rows import result_rows
 
@@ -22,13 +23,7 @@ from study.config import load_spec, parse_overrides
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.toml"
 
-GOOD = """
-name = "bad"
-seeds = 2
-[fixed]
-categories = 5
-target = "uniform"
-schedule = "exponential"
+GOOD = SPEC_HEAD + """schedule = "exponential"
 anneal_rate = 1e-3
 tau_min = 0.1
 steps = 60
