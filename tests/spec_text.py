@@ -8,3 +8,13 @@ seeds = 2
 categories = 5
 target = "uniform"
 """
+
+
+def assert_refused(code: int, capsys, fragments) -> str:
+    """A CLI call that must refuse its input: exit 2 and one stderr line holding every fragment."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1, err
+    for fragment in fragments:
+        assert fragment in err[0], (fragment, err[0])
+    return err[0]

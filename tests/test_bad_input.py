@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from spec_text import SPEC_HEAD
+from spec_text import SPEC_HEAD, assert_refused
 
 from study import preflight
 from study.cli import main
@@ -95,12 +95,7 @@ def test_bad_input_is_refused(tmp_path, capsys, monkeypatch, command, case):
     monkeypatch.chdir(tmp_path)
     # If anything got as far as training or Ray, these would be called: make that a failure.
     monkeypatch.setattr("study.train.Trial.run", lambda *a, **k: pytest.fail("training started"))
-    code = main(_argv(command, spec, sets, tmp_path))
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2
-    assert len(err) == 1, err
-    for fragment in fragments:
-        assert fragment in err[0], (fragment, err[0])
+    assert_refused(main(_argv(command, spec, sets, tmp_path)), capsys, fragments)
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs" / "bad").exists()
     assert not (tmp_path / "PWNED").exists()
 

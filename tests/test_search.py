@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from spec_text import SPEC_HEAD
+from spec_text import SPEC_HEAD, assert_refused
 from record_rows import record_rows, trial_dirs
 from result_rows import result_rows
 
@@ -99,12 +99,7 @@ def test_bad_search_input_is_refused(tmp_path, capsys, command, case):
     name, text, sets, fragments = case
     spec = tmp_path / "spec.toml"
     spec.write_text(text)
-    code = main(_argv(command, spec, sets, tmp_path))
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2
-    assert len(err) == 1, err
-    for fragment in fragments:
-        assert fragment in err[0], (fragment, err[0])
+    assert_refused(main(_argv(command, spec, sets, tmp_path)), capsys, fragments)
     assert not (tmp_path / "runs" / "bad").exists()
 
 
