@@ -3,16 +3,15 @@
 A training step allocates and frees the same activations every step: megabytes each (a chunk of
 a discriminator layer's output is [16, 512, 64] float32 = 2 MiB). glibc serves blocks that large
 with mmap and unmaps them on free, or trims them off the heap top, so each step faults its
-activations in again page by page. Measured before this module: about 3,000 page faults and
-8 ms of kernel time per 25 ms step at R = 64, and more than half of the step at R = 256
-(benchmarks/README.md); tests/test_population.py counts the faults with and without it.
-Raising the mmap and trim thresholds keeps freed blocks in the heap, where the next step finds them.
+activations in again page by page (what that cost is in benchmarks/README.md;
+tests/test_population.py counts the faults with and without this module). Raising the mmap and
+trim thresholds keeps freed blocks in the heap, where the next step finds them.
 
 The cost is memory: freed blocks stay in the process. An evaluation (probes of 1000 estimates)
 allocates far more than a step and leaves holes in the heap that no trim threshold returns;
 release_freed_memory() hands every free page back after it (glibc's malloc_trim), and the next
-step faults its few megabytes in once. Without it the quick study's peak memory rose from 2.3 to
-3.4 GB. Settings the user gave glibc through its MALLOC_* environment variables are left alone.
+step faults its few megabytes in once; without it a study's peak memory grows with every
+evaluation. Settings the user gave glibc through its MALLOC_* environment variables are left alone.
 """
 
 from __future__ import annotations

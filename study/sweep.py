@@ -134,7 +134,7 @@ def _init_ray(address: str | None, num_cpus: int | None, dashboard: bool = False
         ray.init(address=address)
         return
     # Embedded Ray on this machine, reachable from it alone. The dashboard (extra `dashboard`) is
-    # opt-in: its ten processes take about 1 GB, a third of a laptop study's memory.
+    # opt-in: its ten processes take a large share of a laptop study's memory (README).
     with _loopback_only():
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1")
 
