@@ -16,6 +16,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,18 @@ def _wandb_records(path: Path) -> list:
     return records
 
 
+def _settled_wandb_records(path: Path, timeout_s: float = 60.0) -> list:
+    """The records of a W&B offline run file once it holds its run record. W&B's service process
+    writes the file on its own schedule and may still be flushing when the study's driver has
+    exited (seen once in CI: a file with no run record yet), so wait for it, up to timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = _wandb_records(path)
+        if any(r.WhichOneof("record_type") == "run" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
 def _items(items) -> dict:
     """W&B items: `key`, or `nested_key` (a list of one key here) when set by newer wandb-core."""
     return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items}
@@ -199,7 +212,7 @@ def test_wandb_offline_runs_hold_the_metric_history(tracked_run):
     run_files = sorted(tracked_run.glob("wandb/offline-run-*/run-*.wandb"))  # one W&B dir in the experiment directory
     assert len(run_files) == 2, run_files
     for run_file in run_files:
-        records = _wandb_records(run_file)
+        records = _settled_wandb_records(run_file)
         (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
         assert run.project == "smoke"
         config = _items(run.config.update)
