@@ -75,30 +75,23 @@ def evals_table(evaluation: Evaluation, time_s: float) -> pa.Table:
 
 def probes_table(evaluation: Evaluation) -> pa.Table:
     """One row per seed x probe (estimator, source, tau), probes in the order measured."""
-    seeds = torch.tensor(evaluation.seeds)
-    n, parts = len(evaluation.seeds), {"seed": [], "tau": []}
-    stats: dict[str, list] = {stat: [] for stat in PROBE_STATS}
-    names, sources = [], []
-    for probe in evaluation.probes:
-        parts["seed"].append(seeds)
-        parts["tau"].append(probe.tau.detach().cpu().double())
-        for stat in PROBE_STATS:
-            stats[stat].append(probe.stats[stat].detach().cpu().float())
-        names += [probe.estimator] * n
-        sources += [probe.source] * n
-    if not evaluation.probes:
+    probes, n = evaluation.probes, len(evaluation.seeds)
+    if not probes:
         return pa.table({"seed": pa.array([], pa.int64())})
+
+    def stacked(values) -> torch.Tensor:  # each probe's [R] values, one after the other
+        return torch.cat([v.detach().cpu() for v in values])
+
     columns: dict[str, pa.Array] = {
-        "seed": pa.array(torch.cat(parts["seed"]).numpy(), pa.int64()),
-        "step": pa.array([evaluation.step] * len(names), pa.int64()),
-        "estimator": pa.array(names, pa.string()).dictionary_encode(),
-        "source": pa.array(sources, pa.string()).dictionary_encode(),
-        "tau": pa.array(torch.cat(parts["tau"]).numpy(), pa.float64()),
+        "seed": pa.array(torch.tensor(evaluation.seeds).repeat(len(probes)).numpy(), pa.int64()),
+        "step": pa.array([evaluation.step] * (n * len(probes)), pa.int64()),
+        "estimator": pa.array([p.estimator for p in probes for _ in range(n)], pa.string()).dictionary_encode(),
+        "source": pa.array([p.source for p in probes for _ in range(n)], pa.string()).dictionary_encode(),
+        "tau": pa.array(stacked(p.tau for p in probes).double().numpy(), pa.float64()),
     }
     for stat in PROBE_STATS:
-        kind = pa.int32() if stat == "n" else pa.float32()
-        values = torch.cat(stats[stat])
-        columns[stat] = pa.array(values.round().int().numpy() if stat == "n" else values.numpy(), kind)
+        values = stacked(p.stats[stat] for p in probes).float()
+        columns[stat] = pa.array(values.round().int().numpy(), pa.int32()) if stat == "n" else pa.array(values.numpy(), pa.float32())
     return pa.table(columns)
 
 
