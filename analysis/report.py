@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 
 from analysis import figures as F
 from analysis import page as P
+from analysis import parcoords as PC
 from analysis import summarize as S
 from analysis.load import Experiment, load_runs, save_parquet
 
@@ -182,6 +183,7 @@ def _tables_html(ctx: Context) -> str:
         P.table_html(trade_view, max_rows=120, csv="tables/tradeoff.csv", note="Mean over seeds [95% bootstrap interval]; <code>pareto</code> marks the Pareto front of (bias², variance)."),
         "<h3>Final fit per configuration (sorted by TV)</h3>",
         P.table_html(view(t["final_fit"].sort_values("fit/tv") if len(t["final_fit"]) else t["final_fit"], metric_cols), csv="tables/final_fit.csv", note="Completed trials only; mean over seeds [95% bootstrap interval]."),
+        '<h3 id="parcoords-view">Final fit over every axis (interactive)</h3>', PC.parcoords_html(ctx.exp.trials, ctx.exp.meta.get("grid", {})),
     ])
 
 

@@ -77,9 +77,14 @@ def test_detector_catches_broken_images_and_console_errors(tmp_path):
     assert "undefinedFunction" in console
 
 
+@pytest.fixture(scope="module")
+def smoke_report(smoke_run, tmp_path_factory) -> Path:
+    return write_report(smoke_run, tmp_path_factory.mktemp("browser") / "report", progress=False, n_boot=200, pdf=False)
+
+
 @needs_chromium
-def test_report_renders_offline_without_errors(smoke_run, tmp_path):
-    report = write_report(smoke_run, tmp_path / "report", progress=False, n_boot=200, pdf=False)
+def test_report_renders_offline_without_errors(smoke_report, tmp_path):
+    report = smoke_report
     index = report / "index.html"
     screenshot = tmp_path / "report.png"
     dom, console = _open(index, tmp_path, screenshot)
@@ -90,3 +95,72 @@ def test_report_renders_offline_without_errors(smoke_run, tmp_path):
     assert screenshot.exists() and screenshot.stat().st_size > 10_000
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     shutil.copy(screenshot, report / "browser-screenshot.png")
+
+
+# ---------------------------------------------------------------- the parallel-coordinates view
+
+_PC_MARKER = re.compile(r'<div id="parcoords-check"([^>]*)>')
+
+# Appended to a copy of index.html: after load, brush tau0's upper half (tau0 = 2.0), then
+# relaxation's upper half (hard), hover a line, click tau0 (clears its brush), press "clear
+# brushes"; the shown count after each step goes to <div id="pc-test">. Real mouse events on the
+# page's own elements, so the handlers a reader's mouse reaches are the ones tested.
+_BRUSH_SCRIPT = """
+<script>
+window.addEventListener("load", function () {
+  var out = document.createElement("div"), marker = document.getElementById("parcoords-check");
+  out.id = "pc-test";
+  function ev(target, type, x, y) { target.dispatchEvent(new MouseEvent(type, {bubbles: true, cancelable: true, clientX: x, clientY: y, view: window})); }
+  function drag(key, from, to) {
+    var hit = document.querySelector('#parcoords-plot rect.pc-hit[data-axis="' + key + '"]'), box = hit.getBoundingClientRect(), x = box.left + box.width / 2;
+    ev(hit, "mousedown", x, box.top + from * box.height); ev(document, "mousemove", x, box.top + to * box.height); ev(document, "mouseup", x, box.top + to * box.height);
+    return box;
+  }
+  function note(name) { out.setAttribute("data-" + name, marker.getAttribute("data-shown") + ";" + document.getElementById("parcoords-count").textContent); }
+  var box = drag("tau0", 0, 0.45); note("tau0");
+  drag("relaxation", 0, 0.45); note("both");
+  var svg = document.querySelector("#parcoords-plot svg");
+  ev(svg, "mousemove", box.left + box.width / 2 + 2, box.top + 10);  // on tau0 = 2.0, the axis top
+  var tip = document.querySelector("#parcoords-plot .pc-tip");
+  out.setAttribute("data-tip", tip.hidden ? "hidden" : tip.getAttribute("data-trial") + ";" + tip.textContent);
+  drag("tau0", 0.3, 0.3); note("click");
+  document.getElementById("parcoords-clear").click(); note("cleared");
+  document.body.appendChild(out);
+});
+</script>
+"""
+
+
+def _attrs(tag: str) -> dict[str, str]:
+    return dict(re.findall(r'([\w-]+)="([^"]*)"', tag))
+
+
+@needs_chromium
+def test_parcoords_view_draws_every_trial(smoke_report, tmp_path):
+    """The smoke report's view: one line per trial, the varied axes then the fits, no console line."""
+    dom, console = _open(smoke_report / "index.html", tmp_path, tmp_path / "pc.png")
+    assert not console, f"console messages:\n{console}"
+    match = _PC_MARKER.search(dom)
+    assert match, "no parcoords-check marker"
+    marker = _attrs(match.group(1))
+    assert marker["data-status"] == "ok", marker
+    assert marker["data-lines"] == marker["data-shown"] == "4"  # 2 relaxations x 2 tau0
+    axes = marker["data-axes"].split("|")
+    assert sorted(axes[:2]) == ["relaxation", "tau0"] and axes[2:] == ["fit/tv", "fit/js", "fit/kl"]
+    assert "4 of 4 trials shown" in dom and "Final fit over every axis" in dom
+
+
+@needs_chromium
+def test_parcoords_brushing_filters_and_clears(smoke_report, tmp_path):
+    page = tmp_path / "brush.html"
+    page.write_text((smoke_report / "index.html").read_text(encoding="utf-8").replace("</body>", _BRUSH_SCRIPT + "</body>"), encoding="utf-8")
+    dom, console = _open(page, tmp_path, tmp_path / "brush.png")
+    assert not console, f"console messages:\n{console}"
+    match = re.search(r'<div id="pc-test"([^>]*)>', dom)
+    assert match, "the brush script did not finish"
+    got = _attrs(match.group(1))
+    assert got["data-tau0"] == "2;2 of 4 trials shown"  # tau0 = 2.0 only
+    assert got["data-both"] == "1;1 of 4 trials shown"  # and relaxation = hard
+    assert got["data-click"] == "2;2 of 4 trials shown"  # a click on tau0 clears its brush only
+    assert got["data-cleared"] == "4;4 of 4 trials shown"
+    assert got["data-tip"] != "hidden" and "tau0" in got["data-tip"] and "final fit/tv" in got["data-tip"]
