@@ -1,8 +1,9 @@
 """The report page: HTML pieces and the template of index.html (see analysis.report).
 
-One self-contained page: figures embedded as base64 PNG, inline CSS and one inline script (the
-image check), no network, no external CSS, JS or fonts, so it opens offline. Every value from a
-run directory (spec text, command lines, errors, paths) is HTML-escaped.
+One self-contained page: figures embedded as base64 PNG, inline CSS and inline scripts (the image
+check; the parallel-coordinates view of analysis.parcoords), no network, no external CSS, JS or
+fonts, so it opens offline. Every value from a run directory (spec text, command lines, errors,
+paths) is HTML-escaped, or JSON-escaped inside the view's data block.
 """
 
 from __future__ import annotations

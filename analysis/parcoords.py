@@ -121,7 +121,7 @@ def axis_spec(key: str, values: pd.Series, label: str | None = None) -> tuple[di
     if x is None or _scale(x[~missing]) == "ordinal":
         cats = sorted(values.dropna().unique().tolist(), key=lambda v: (float(v), "") if x is not None else (0, str(v)))
         if x is None:
-            cats = [str(c) for c in cats]
+            cats = list(dict.fromkeys(str(c) for c in cats))  # 1 and "1" are one category
             rank = estimator_rank(cats) if key == "relaxation" else {}
             cats = sorted(cats, key=lambda c: (rank.get(c, len(rank)), c))
         index = {c: i for i, c in enumerate(cats)}

@@ -164,3 +164,23 @@ def test_parcoords_brushing_filters_and_clears(smoke_report, tmp_path):
     assert got["data-click"] == "2;2 of 4 trials shown"  # a click on tau0 clears its brush only
     assert got["data-cleared"] == "4;4 of 4 trials shown"
     assert got["data-tip"] != "hidden" and "tau0" in got["data-tip"] and "final fit/tv" in got["data-tip"]
+
+
+@needs_chromium
+def test_parcoords_hostile_names_render_as_text(tmp_path):
+    """A target named like a script tag reaches the page as text: the view draws, nothing runs."""
+    import pandas as pd
+
+    from analysis.parcoords import parcoords_html
+
+    hostile = "</script><script>document.title='pwned'</script>"
+    trials = pd.DataFrame({"trial_id": [f"t{i}" for i in range(4)], "status": "TERMINATED", "target": ["zipf:s=1.2", hostile] * 2,
+                           "tau0": [0.1, 0.1, 1.0, 1.0], "last_step": 100, "final/fit/tv": [0.1, 0.2, 0.3, 0.4]})
+    page = tmp_path / "hostile.html"
+    page.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>safe</title></head><body>{parcoords_html(trials, ['target', 'tau0'])}</body></html>", encoding="utf-8")
+    dom, console = _open(page, tmp_path, tmp_path / "hostile.png")
+    assert not console, f"console messages:\n{console}"
+    marker = _attrs(_PC_MARKER.search(dom).group(1))
+    assert marker["data-status"] == "ok" and marker["data-lines"] == "4"
+    assert "<title>safe</title>" in dom and "<script>document.title" not in dom  # no script element made from it
+    assert "&lt;/script&gt;&lt;script&gt;document.ti" in dom  # the tick label, as text (cut at 21 characters)
