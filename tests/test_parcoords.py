@@ -138,3 +138,4 @@ def test_view_with_many_trials_stays_small():
     data = json.loads(re.search(r'id="parcoords-data">(.*?)</script>', html, re.S).group(1))
     assert len(data["trials"]) == 1344 and [a["scale"] for a in data["axes"]][:5] == ["log", "ordinal", "categorical", "categorical", "linear"]
     assert len(html) < 400_000
+    assert "http://" not in html and "https://" not in html  # nothing the page could fetch

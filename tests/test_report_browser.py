@@ -5,6 +5,11 @@ decode and writes the count to <div id="img-check" data-broken="N">. Chromium ru
 with --dump-dom (the DOM after load, marker included) and --screenshot, logging console messages
 to stderr; the report logs nothing to the console, so any console line is a failure. A control
 page with a broken image and a thrown error checks that this detector does detect.
+
+The parallel-coordinates view (analysis.parcoords) writes its own marker, <div id="parcoords-check"
+data-status="ok" data-lines="N" data-axes="..." data-shown="N">, after drawing and after every
+brush; the brushing test appends a script to a copy of the page that drags on the axes with mouse
+events and records the count after each step.
 """
 
 from __future__ import annotations
