@@ -189,3 +189,39 @@ def test_parcoords_hostile_names_render_as_text(tmp_path):
     assert marker["data-status"] == "ok" and marker["data-lines"] == "4"
     assert "<title>safe</title>" in dom and "<script>document.title" not in dom  # no script element made from it
     assert "&lt;/script&gt;&lt;script&gt;document.ti" in dom  # the tick label, as text (cut at 21 characters)
+
+
+@needs_chromium
+def test_parcoords_tradeoff_grid_size(tmp_path):
+    """The tradeoff grid's 1,344 trials: every line drawn, a brush on anneal_rate's top quarter
+    keeps its 336 trials at 1e-3. Times go in the failure message, not into an assertion: this
+    machine's load decides them (about 4 ms per full redraw in headless Chromium on 2 cores)."""
+    import itertools
+
+    import pandas as pd
+
+    from analysis.parcoords import parcoords_html
+
+    grid = {"tau0": [0.03, 0.1, 0.3, 0.5, 1.0, 2.0, 5.0], "anneal_rate": [0.0, 1e-5, 1e-4, 1e-3], "relaxation": ["soft", "hard", "gumbel_rao", "reinforce"],
+            "target": ["zipf:s=1.2", "bimodal", "sparse", "geometric:p=0.3", "dirichlet:alpha=0.5,seed=3", "uniform"], "categories": [10, 100]}
+    rows = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    trials = pd.DataFrame(rows).assign(trial_id=[f"t{i:04d}" for i in range(len(rows))], status="TERMINATED", last_step=100)
+    trials["final/fit/tv"] = 0.05 + 0.3 * (trials["relaxation"] == "soft") + 0.001 * (trials.index % 7)
+    trials["final/fit/js"], trials["final/fit/kl"] = trials["final/fit/tv"] / 5, trials["final/fit/tv"] * 0.8
+    script = """<script>window.addEventListener("load", function () {
+      var out = document.createElement("div"), hit = document.querySelector('rect.pc-hit[data-axis="anneal_rate"]'), b = hit.getBoundingClientRect(), x = b.left + 12;
+      function ev(t, type, y) { t.dispatchEvent(new MouseEvent(type, {bubbles: true, cancelable: true, clientX: x, clientY: y, view: window})); }
+      var t0 = performance.now(); ev(hit, "mousedown", b.top);
+      for (var i = 1; i <= 20; i++) { ev(document, "mousemove", b.top + b.height * 0.25 * i / 20); }
+      ev(document, "mouseup", b.top + b.height * 0.25);
+      out.id = "pc-test"; out.setAttribute("data-shown", document.getElementById("parcoords-check").getAttribute("data-shown"));
+      out.setAttribute("data-ms", ((performance.now() - t0) / 20).toFixed(2)); document.body.appendChild(out); });</script>"""
+    page = tmp_path / "grid.html"
+    page.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'></head><body style='width:1180px'>{parcoords_html(trials, grid)}{script}</body></html>", encoding="utf-8")
+    dom, console = _open(page, tmp_path, tmp_path / "grid.png")
+    assert not console, f"console messages:\n{console}"
+    marker = _attrs(_PC_MARKER.search(dom).group(1))
+    got = _attrs(re.search(r'<div id="pc-test"([^>]*)>', dom).group(1))
+    assert marker["data-status"] == "ok" and marker["data-lines"] == "1344", marker
+    assert marker["data-axes"] == "tau0|anneal_rate|relaxation|target|categories|fit/tv|fit/js|fit/kl"
+    assert got["data-shown"] == "336", f"{got} ({got.get('data-ms')} ms per brush move)"
