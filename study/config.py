@@ -20,11 +20,14 @@ A study spec is TOML, parsed as data only (`tomllib`; no eval, no pickle):
     algorithm = "optuna"      # "grid" (default), "random", "optuna"
     num_samples = 16          # trials drawn (random: per grid point)
     seed = 0                  # the sampler's seed
-    scheduler = "asha"        # "fifo" (default: every trial runs to the end) or "asha"
+    scheduler = "asha"        # "fifo" (default: every trial runs to the end), "asha" or "pbt"
     [search.space]            # TrialConfig fields, each one distribution
     tau0 = {loguniform = [0.01, 10.0]}
     [search.asha]             # early stopping, in discriminator steps (Tune's time_attr = "step")
     grace_steps = 200
+    [search.pbt]              # scheduler = "pbt": Population Based Training of the mutable keys
+    interval = 400            # steps between perturbations (a multiple of eval_every)
+    mutations = {tau = {loguniform = [0.05, 5.0]}, lr_g = {choice = [1e-3, 3e-3]}}
 
 A spec with no grid is a trial config: `gumbel-study train` runs it. Every error is a ConfigError
 that names the key and the value.
@@ -38,6 +41,7 @@ import importlib.util
 import itertools
 import math
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,12 +49,14 @@ from typing import Any
 
 from study.schedules import Schedule
 from study.targets import TargetError, parse_target
-from study.vocab import ESTIMATORS_INFO, RELAXATIONS, RELGAN_SCHEDULES, SCHEDULES, probe_key
+from study.vocab import DEFAULT_PROBES, ESTIMATORS_INFO, MAX_SET_SIZE, RELAXATIONS, RELGAN_SCHEDULES, SCHEDULES, option_problem, probe_key
 
 __all__ = [
     "AshaSpec",
     "ConfigError",
     "Distribution",
+    "PBT_MUTABLE",
+    "PbtSpec",
     "ResourceSpec",
     "SearchSpec",
     "StudySpec",
@@ -68,7 +74,12 @@ LOGIT_INITS = ("ones", "zeros", "normal")
 DTYPES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
 SEARCH_ALGORITHMS = ("grid", "random", "optuna")
-SCHEDULERS = ("fifo", "asha")
+SCHEDULERS = ("fifo", "asha", "pbt")
+# What PBT may perturb, each the TrialConfig field it sets: a checkpoint loads into a trial whose
+# config differs from its own in these fields only. `tau` is the temperature a trial continues from
+# after it exploits another's checkpoint: its tau0, the start of the schedule's new segment
+# (study.population's tau anchor).
+PBT_MUTABLE = {"tau": "tau0", "anneal_rate": "anneal_rate", "lr_g": "lr_g", "lr_d": "lr_d"}
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 LOGGERS = ("mlflow", "wandb", "aim")
 # The Python package each optional feature needs, and the extra that installs it.
@@ -105,8 +116,15 @@ class TrialConfig:
     disc_width: int = 64  # mlp discriminator: hidden width
     disc_depth: int = 2  # mlp discriminator: hidden layers
     # --- relaxation and temperature
-    relaxation: str = "soft"  # training estimator: soft, hard (straight-through), gumbel_rao, reinforce
+    relaxation: str = "soft"  # training estimator: any trainable name of study.vocab.ESTIMATORS_INFO
+    # Estimator options, as <estimator>_<option> (study.vocab.ESTIMATORS_INFO[...].options):
     gumbel_rao_k: int = 10  # conditional samples for gumbel_rao
+    gumbel_rao_grad_noise: bool = False  # differentiate through the conditional Gumbels (Paulus et al. eq. 10)
+    gst_gap: float | str = 1.0  # gapped ST's gap: a number (GST-1.0) or "p" (GST-p)
+    rebar_eta: float = 1.0  # REBAR's control-variate scale (its start value when REBAR trains)
+    relax_eta: float = 1.0  # RELAX's scale of the REBAR part of its control variate
+    relax_hidden: int = 16  # RELAX's learned network: hidden width
+    unordered_set_k: int = 4  # categories drawn without replacement per sample
     schedule: str = "constant"  # constant, exponential, stepwise, linear, relgan_{exp,lin,log,sigmoid,quad,sqrt}
     tau0: float = 1.0  # starting temperature
     anneal_rate: float = 0.0  # schedule rate (per discriminator step)
@@ -121,7 +139,7 @@ class TrialConfig:
     label_smoothing: float = 0.0  # real one-hots become (1 - eps) e_k + eps / K
     # --- evaluation
     eval_every: int = 200  # discriminator steps between evaluations (and one at the end)
-    probe_estimators: tuple[str, ...] = RELAXATIONS  # probed at each evaluation
+    probe_estimators: tuple[str, ...] = DEFAULT_PROBES  # probed at each evaluation
     probe_estimates: int = 1000  # independent estimates per probe (batched)
     probe_points: int = 4  # mlp generator: noise draws at which logits are probed
     probe_taus: tuple[float, ...] = ()  # optional ladder of temperatures probed besides the current one
@@ -204,6 +222,24 @@ class AshaSpec:
 
 
 @dataclass(frozen=True)
+class PbtSpec:
+    """Population Based Training (Jaderberg et al. 2017) on Tune's `step` result: every `interval`
+    steps, a trial in the bottom `quantile` (by [tune] metric) continues from the checkpoint of one
+    in the top quantile, with that trial's config perturbed in the mutable keys (PBT_MUTABLE)."""
+
+    interval: int = 0  # discriminator steps between perturbations, a multiple of eval_every; 0: eval_every
+    quantile: float = 0.25  # fraction of the population that exploits (bottom) and is cloned (top)
+    resample_probability: float = 0.25  # a mutated value is redrawn with this chance, else scaled by 0.8 or 1.2
+    synch: bool = True  # every trial reaches each perturbation step before any exploits: donors at the same step
+    mutations: dict[str, Distribution] = field(default_factory=dict)  # mutable key (PBT_MUTABLE) -> distribution
+
+    @property
+    def fields(self) -> dict[str, Distribution]:
+        """The mutations by TrialConfig field (`tau` is tau0)."""
+        return {PBT_MUTABLE[name]: dist for name, dist in self.mutations.items()}
+
+
+@dataclass(frozen=True)
 class SearchSpec:
     """How trials are chosen: the grid (default), random sampling, or Optuna; and a scheduler."""
 
@@ -211,8 +247,9 @@ class SearchSpec:
     num_samples: int = 0  # trials drawn (random: per grid point); 0: not given (grid: 1)
     seed: int = 0  # the sampler's seed
     space: dict[str, Distribution] = field(default_factory=dict)  # TrialConfig field -> distribution
-    scheduler: str = "fifo"  # fifo (every trial to the end) or asha (early stopping)
+    scheduler: str = "fifo"  # fifo (every trial to the end), asha (early stopping) or pbt
     asha: AshaSpec | None = None  # with scheduler = "asha", its settings (defaults resolved)
+    pbt: PbtSpec | None = None  # with scheduler = "pbt", its settings (defaults resolved)
 
     @property
     def samples(self) -> int:
@@ -272,6 +309,13 @@ _TRIAL_TYPES = typing.get_type_hints(TrialConfig)
 def _coerce(key: str, value: Any, kind: Any) -> Any:
     """Convert a TOML value to the declared type, or raise ConfigError naming the key."""
     origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):  # the first member type that takes the value
+        for member in typing.get_args(kind):
+            try:
+                return _coerce(key, value, member)
+            except ConfigError:
+                continue
+        raise ConfigError(key, value, "expected " + " or ".join(m.__name__ for m in typing.get_args(kind)))
     if origin is tuple:
         (item,) = {a for a in typing.get_args(kind) if a is not Ellipsis}
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -324,6 +368,14 @@ def _finite(x: float) -> bool:
     return math.isfinite(x)
 
 
+def _check_options(cfg: TrialConfig, name: str) -> None:
+    """The config fields <name>_<option> of estimator `name` (study.vocab.option_problem)."""
+    for option in ESTIMATORS_INFO[name].options:
+        key = f"{name}_{option}"
+        problem = option_problem(name, option, getattr(cfg, key))
+        _check(problem is None, key, getattr(cfg, key), problem or "")
+
+
 def validate_trial(cfg: TrialConfig, *, base_dir: Path | None = None) -> None:
     """Range checks of every field; ConfigError names the first bad one."""
     def positive_int(name: str, minimum: int = 1) -> None:
@@ -348,7 +400,12 @@ def validate_trial(cfg: TrialConfig, *, base_dir: Path | None = None) -> None:
     positive_int("disc_width")
     positive_int("disc_depth")
     choice("relaxation", RELAXATIONS)
-    positive_int("gumbel_rao_k")
+    for name in ESTIMATORS_INFO:
+        _check_options(cfg, name)
+    if "unordered_set" in (cfg.relaxation, *cfg.probe_estimators):
+        k, big_k = cfg.unordered_set_k, cfg.categories
+        _check(k <= big_k and (k <= MAX_SET_SIZE or k == big_k), "unordered_set_k", k,
+               f"must be <= categories={big_k} and <= {MAX_SET_SIZE} (or equal to categories)")
     choice("schedule", SCHEDULES)
     positive_float("tau0")
     positive_float("anneal_rate", allow_zero=True)
@@ -415,7 +472,7 @@ def _validate_spec(spec: StudySpec, base_dir: Path | None) -> None:
 
 # ---------------------------------------------------------------- search: Optuna, random, ASHA
 
-_SEARCH_KEYS = ("algorithm", "num_samples", "seed", "scheduler", "space", "asha")
+_SEARCH_KEYS = ("algorithm", "num_samples", "seed", "scheduler", "space", "asha", "pbt")
 _DISTRIBUTION_HELP = "{loguniform = [low, high]}, {uniform = [low, high]}, {int = [low, high]} or {choice = [a, b, ...]}"
 _KIND_NAMES = {int: "integers", float: "numbers", str: "strings"}
 MAX_SPACE_CORNERS = 50_000  # trials (grid x bounds x choices) that check validates for a search space
@@ -480,6 +537,7 @@ def _search_from_table(table: Any, fixed_values: dict[str, Any], grid: dict[str,
     if asha_table is not None and scheduler != "asha":
         raise ConfigError("search.asha", asha_table, f"is for scheduler = \"asha\" (search.scheduler is {scheduler!r})")
     asha = AshaSpec(**_coerce_dataclass(AshaSpec, asha_table or {}, "search.asha")) if scheduler == "asha" else None
+    pbt = _pbt_from_table(table.get("pbt"), scheduler)
     if algorithm == "grid":
         _check(not space, "search.space", list(space), "needs algorithm = \"optuna\" or \"random\" (the grid takes [grid] axes only)")
         _check(num_samples <= 1, "search.num_samples", num_samples,
@@ -493,7 +551,36 @@ def _search_from_table(table: Any, fixed_values: dict[str, Any], grid: dict[str,
             f"Optuna cannot search a [grid] ({', '.join(grid)}): Tune's OptunaSearch takes no grid_search; "
             "move the axes into [search.space] as {choice = [...]}, or use algorithm = \"random\" (grid x samples)",
         )
-    return SearchSpec(algorithm=algorithm, num_samples=num_samples, seed=seed, space=space, scheduler=scheduler, asha=asha)
+    return SearchSpec(algorithm=algorithm, num_samples=num_samples, seed=seed, space=space, scheduler=scheduler, asha=asha, pbt=pbt)
+
+
+def _pbt_from_table(table: Any, scheduler: str) -> PbtSpec | None:
+    """`[search.pbt]`: its settings, and `mutations` as distributions keyed by mutable name."""
+    if table is not None and scheduler != "pbt":
+        raise ConfigError("search.pbt", table, f"is for scheduler = \"pbt\" (search.scheduler is {scheduler!r})")
+    if scheduler != "pbt":
+        return None
+    table = {} if table is None else table
+    if not isinstance(table, dict):
+        raise ConfigError("search.pbt", table, "expected a table")
+    settings = {k: v for k, v in table.items() if k != "mutations"}
+    pbt = PbtSpec(**_coerce_dataclass(PbtSpec, settings, "search.pbt"))
+    raw = table.get("mutations", {})
+    if not isinstance(raw, dict):
+        raise ConfigError("search.pbt.mutations", raw, "expected a table: key = " + _DISTRIBUTION_HELP)
+    _check(bool(raw), "search.pbt.mutations", raw, f"PBT needs at least one mutable key ({', '.join(PBT_MUTABLE)}) = {_DISTRIBUTION_HELP}")
+    return dataclasses.replace(pbt, mutations={name: _mutation(name, dist) for name, dist in raw.items()})
+
+
+def _mutation(name: str, raw: Any) -> Distribution:
+    """One `[search.pbt.mutations]` entry, checked as a [search.space] entry of its field."""
+    key = f"search.pbt.mutations.{name}"
+    _check(name in PBT_MUTABLE, key, raw, f"is not mutable: PBT perturbs only {', '.join(PBT_MUTABLE)} "
+           "(a checkpoint loads only into a trial whose config differs from it in those)")
+    try:
+        return _distribution(PBT_MUTABLE[name], raw)
+    except ConfigError as err:
+        raise ConfigError(err.key.replace(f"search.space.{PBT_MUTABLE[name]}", key, 1), err.value, err.reason) from None
 
 
 def _extreme(spec: StudySpec, name: str, pick: Any) -> Any:
@@ -513,6 +600,38 @@ def _resolve_asha(spec: StudySpec) -> StudySpec:
     grace = asha.grace_steps or min(_extreme(spec, "eval_every", min), longest)
     resolved = dataclasses.replace(asha, grace_steps=grace, max_steps=asha.max_steps or longest)
     return dataclasses.replace(spec, search=dataclasses.replace(spec.search, asha=resolved))
+
+
+def _resolve_pbt(spec: StudySpec) -> StudySpec:
+    """PBT's default interval: every evaluation (the longest eval_every of the trials)."""
+    pbt = spec.search.pbt
+    if pbt is None or pbt.interval:
+        return spec
+    resolved = dataclasses.replace(pbt, interval=_extreme(spec, "eval_every", max))
+    return dataclasses.replace(spec, search=dataclasses.replace(spec.search, pbt=resolved))
+
+
+def _validate_pbt(spec: StudySpec, base_dir: Path | None) -> None:
+    """Perturbations at evaluations (where trials report and checkpoint), a population to select
+    from, and every value a mutation can give (its bounds: perturbed values are clipped to them)
+    valid in every trial."""
+    p = spec.search.pbt
+    _check(p.interval >= 1, "search.pbt.interval", p.interval, "must be >= 1")
+    every = sorted({t.eval_every for t in spec.trials} | set(spec.search.space["eval_every"].bounds if "eval_every" in spec.search.space else ()))
+    for e in every:
+        _check(p.interval % e == 0, "search.pbt.interval", p.interval, f"must be a multiple of eval_every={e}: trials report, and checkpoint, at evaluations")
+    shortest = _extreme(spec, "steps", min)
+    _check(p.interval < shortest, "search.pbt.interval", p.interval, f"must be < steps={shortest}: no trial would ever be perturbed")
+    _check(_finite(p.quantile) and 0 < p.quantile <= 0.5, "search.pbt.quantile", p.quantile, "must be in (0, 0.5]")
+    _check(_finite(p.resample_probability) and 0 <= p.resample_probability <= 1, "search.pbt.resample_probability", p.resample_probability, "must be in [0, 1]")
+    _check(spec.num_trials >= 2, "search.scheduler", "pbt", "needs a population of at least 2 trials ([grid] combinations x search.num_samples)")
+    for trial in spec.trials:
+        for name, dist in p.mutations.items():
+            for value in dist.bounds:
+                try:
+                    validate_trial(dataclasses.replace(trial, **{PBT_MUTABLE[name]: value}), base_dir=base_dir)
+                except ConfigError as err:
+                    raise ConfigError(f"search.pbt.mutations.{name}", value, f"{err.key}={err.value!r}: {err.reason}") from None
 
 
 def _lean_keys(spec: StudySpec) -> list[str]:
@@ -540,8 +659,10 @@ def _validate_search(spec: StudySpec, base_dir: Path | None) -> None:
         _check(_finite(a.reduction_factor) and a.reduction_factor > 1, "search.asha.reduction_factor", a.reduction_factor, "must be a finite number > 1")
         _check(a.brackets >= 1, "search.asha.brackets", a.brackets, "must be >= 1")
         _check(bool(a.rungs(a.brackets - 1)), "search.asha.brackets", a.brackets, f"too many for grace_steps={a.grace_steps}, max_steps={a.max_steps}: the last bracket has no rung")
-    if search.algorithm == "optuna" or search.asha is not None:
-        users = " and ".join(n for n, used in (("Optuna", search.algorithm == "optuna"), ("ASHA", search.asha is not None)) if used)
+    if search.pbt is not None:
+        _validate_pbt(spec, base_dir)
+    if search.algorithm == "optuna" or search.asha is not None or search.pbt is not None:
+        users = " and ".join(n for n, used in (("Optuna", search.algorithm == "optuna"), ("ASHA", search.asha is not None), ("PBT", search.pbt is not None)) if used)
         keys = _lean_keys(spec)
         _check(spec.tune.metric in keys, "tune.metric", spec.tune.metric, f"{users} need a metric every trial reports: one of {', '.join(keys)}")
     if search.space:
@@ -625,7 +746,7 @@ def spec_from_dict(data: dict[str, Any], *, source: str = "", base_dir: Path | N
     first = {axis: values[0] for axis, values in grid.items() if values}
     fixed = TrialConfig(**fixed_values, **first)
     spec = StudySpec(name=name, seeds=seeds, fixed=fixed, grid=grid, resources=resources, tune=tune, source=source, search=search)
-    spec = _resolve_asha(spec)
+    spec = _resolve_pbt(_resolve_asha(spec))
     _validate_spec(spec, base_dir)
     return spec
 
@@ -736,13 +857,24 @@ def _unsearch(data: dict[str, Any], name: str) -> None:
 
 
 def _search_override(data: dict[str, Any], key: str, sub: str, value: Any) -> None:
-    """`search.X`, `search.asha.X`, `search.space.X` (X then leaves [fixed] and [grid])."""
+    """`search.X`, `search.asha.X`, `search.pbt.X`, `search.pbt.mutations.X`, `search.space.X`
+    (X then leaves [fixed] and [grid])."""
     search = _table(data, "search")
     table, dot, name = sub.partition(".")
-    if not dot and table in _SEARCH_KEYS and table not in ("space", "asha"):
+    if not dot and table in _SEARCH_KEYS and table not in ("space", "asha", "pbt"):
         search[table] = value
+        if table == "scheduler":  # a scheduler and its table are one setting: drop the others' tables
+            for other in ("asha", "pbt"):
+                if other != value:
+                    search.pop(other, None)
     elif dot and table == "asha":
         _table(search, "asha")[name] = value
+    elif dot and table == "pbt" and name.startswith("mutations."):
+        pbt = _table(search, "pbt")
+        pbt["mutations"] = dict(_table(pbt, "mutations"))  # a copy: `data` shares the spec's table
+        pbt["mutations"][name[len("mutations."):]] = value
+    elif dot and table == "pbt":
+        _table(search, "pbt")[name] = value
     elif dot and table == "space" and name in _TRIAL_TYPES:
         _table(search, "space")[name] = value
         for section in ("fixed", "grid"):
@@ -751,7 +883,8 @@ def _search_override(data: dict[str, Any], key: str, sub: str, value: Any) -> No
     elif dot and table == "space":
         raise ConfigError(key, value, f"unknown trial field; known: {', '.join(_TRIAL_TYPES)}")
     else:
-        raise ConfigError(key, value, "unknown key; use search.algorithm, search.num_samples, search.seed, search.scheduler, search.asha.X or search.space.X (X a trial field)")
+        raise ConfigError(key, value, "unknown key; use search.algorithm, search.num_samples, search.seed, search.scheduler, search.asha.X, search.pbt.X, "
+                          "search.pbt.mutations.X or search.space.X (X a trial field)")
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -766,7 +899,7 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     - `search.space.X` with a distribution (`{loguniform = [0.1, 10]}`): search X (it leaves
       [fixed] and [grid]).
     - `seeds`, `name`: the top level. `resources.X`, `tune.X`, `search.X` (algorithm,
-      num_samples, seed, scheduler), `search.asha.X`: those tables.
+      num_samples, seed, scheduler), `search.asha.X`, `search.pbt.X`, `search.pbt.mutations.X`: those tables.
     - anything else: ConfigError naming the key.
 
     `X`, `fixed.X`, `grid.X` and `search.space.X` are one setting: an override replaces everything

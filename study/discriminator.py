@@ -35,7 +35,9 @@ __all__ = [
     "forward",
     "g_pass",
     "gather_vertices",
+    "losses_at_samples",
     "replica_chunks",
+    "twice_differentiable_logits",
     "vertex_losses",
 ]
 
@@ -215,3 +217,41 @@ def gather_vertices(values: Tensor, grads: Tensor | None, index: Tensor, samples
         return per_sample, None
     K = grads.shape[-1]
     return per_sample, grads.gather(1, index.unsqueeze(-1).expand(-1, -1, K)) / samples  # [R, M, K]
+
+
+def twice_differentiable_logits(x: Tensor, params: list[Tensor]) -> Tensor:
+    """The same logits as `forward` for x [R, M, K] -> [R, M], in plain autograd ops, so that
+    gradients w.r.t. x can themselves be differentiated (REBAR's adaptation of its temperature
+    needs f's curvature). Parameters are detached."""
+    h = x
+    params = [p.detach() for p in params]
+    for i in range(0, len(params) - 2, 2):
+        h = F.leaky_relu(torch.baddbmm(params[i + 1], h, params[i]), SLOPE)  # [R, M, width]
+    return torch.baddbmm(params[-1], h, params[-2]).squeeze(-1)  # [R, M]
+
+
+def losses_at_samples(
+    y: Tensor, index: Tensor | None, params: list[Tensor], *, points: int, samples: int, inputs: bool,
+    vertices: tuple[Tensor, Tensor | None] | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """softplus(-D(y)) [*points, G, ...] and, when `inputs`, its gradient w.r.t. y divided by
+    `samples` [*points, G, ..., K], at samples y [*points, G, ..., K] whose G groups are replica-major
+    (G = R n). With `vertices` = `vertex_losses(params)` the samples are one-hots of categories
+    `index` [*points, G, ...] and the values are gathered; otherwise D runs on every sample."""
+    R = params[0].shape[0]
+    lead = tuple(range(points))
+
+    def groups_first(t: Tensor) -> Tensor:
+        return t.movedim(lead, tuple(range(1, points + 1))) if points else t
+
+    def points_first(t: Tensor) -> Tensor:
+        return t.movedim(tuple(range(1, points + 1)), lead) if points else t
+
+    ys = groups_first(y)  # [G, *points, ..., K]
+    if vertices is not None:
+        values, grads = vertices
+        per_sample, grad = gather_vertices(values, grads if inputs else None, groups_first(index).reshape(R, -1), samples)
+    else:
+        per_sample, grad = fake_loss(ys.detach().reshape(R, -1, ys.shape[-1]), params, samples, inputs=inputs)
+    per_sample = points_first(per_sample.reshape(ys.shape[:-1]))
+    return per_sample, None if grad is None else points_first(grad.reshape(ys.shape))

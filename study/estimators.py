@@ -51,13 +51,15 @@ Estimators:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from study.gumbel import check_tau, conditional_gumbel, gumbel_from_exponential, one_hot, softmax, straight_through
+from study.estimator_base import Draw, Estimator, LossFn, NoiseSource, estimator_options, fresh_noise
+from study.gumbel import check_tau, conditional_gumbel, one_hot, softmax, straight_through
+from study.rebar import Rebar
+from study.straight_through import ZGR, GappedST, ReinMax, TemperedST
+from study.unordered_set import UnorderedSet
 from study.vocab import ESTIMATORS_INFO
 
 __all__ = [
@@ -66,122 +68,21 @@ __all__ = [
     "Estimator",
     "LossFn",
     "NoiseSource",
+    "category_moments",
     "estimate_gradients",
     "estimator_options",
     "exact_gradient",
+    "exact_moments",
     "fresh_noise",
     "reinforce_moments",
 ]
-
-LossFn = Callable[[Tensor], Tensor]
-NoiseSource = Callable[[str, tuple[int, ...], int], Tensor]  # (name, shape, group_dim) -> i.i.d. Exp(1) of shape
 
 # Elements of the largest intermediate tensor per chunk of estimate_gradients (256 MiB in float64).
 _CHUNK_ELEMENTS = 1 << 25
 
 
-def fresh_noise(generator: torch.Generator | None, dtype: torch.dtype, device: torch.device | str | None) -> NoiseSource:
-    """A noise source that draws fresh Exp(1) numbers from `generator`, as -log U with U uniform
-    (the transform of a population's random blocks; uniform_ and log beat exponential_ on CPU),
-    contiguous in the shape asked for."""
-
-    def noise(name: str, shape: tuple[int, ...], group_dim: int = 0) -> Tensor:
-        u = torch.empty(shape, dtype=dtype, device=device).uniform_(generator=generator)  # ~U[0, 1)
-        return u.clamp_min_(torch.finfo(dtype).tiny).log_().neg_()  # ~Exp(1)
-
-    return noise
-
-
-def estimator_options(name: str, options: dict) -> dict:
-    """`options` checked against ESTIMATORS_INFO[name].options and completed with its defaults.
-    Every option there is a count (an integer >= 1)."""
-    known = ESTIMATORS_INFO[name].options
-    unknown = set(options) - set(known)
-    if unknown:
-        raise ValueError(f"estimator {name!r} takes no option {sorted(unknown)[0]!r}; its options: {sorted(known)}")
-    resolved = {**known, **options}
-    for key, value in resolved.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} option {key} must be an integer >= 1, got {key}={value!r}")
-    return resolved
-
-
-@dataclass(frozen=True)
-class Draw:
-    """The randomness of a layout of samples [G, S, *rest, K]; none of it depends on tau."""
-
-    gumbel: Tensor  # G ~ Gumbel(0, 1), [G, S, *rest, K]
-    index: Tensor | None = None  # argmax(logits + G), [G, S, *rest]: the categorical sample (one-hot estimators)
-    conditional: Tensor | None = None  # Gumbel-Rao: k Gumbels given the index, [k, G, S, *rest, K]
-
-
-class Estimator:
-    """One gradient estimator: its draws, its sample, its gradient rule (see the module docstring),
-    and, called with the public signature, N Monte Carlo estimates for any f."""
-
-    one_hot = True  # its samples' values are one-hots: f is only ever evaluated at the K unit vectors
-    pathwise = True  # its gradient flows through the sample (else through the score function)
-
-    def __init__(self, name: str):
-        self.name = name
-        self.info = ESTIMATORS_INFO[name]
-
-    def noise_segments(self, shape: tuple[int, ...], *, emit_only: bool = False, **options: int) -> list[tuple[str, tuple[int, ...]]]:
-        """The Exp(1) draws of one group of samples of `shape` = (S, *rest, K), in the order `draw`
-        requests them, without the group dim."""
-        return [("gumbel", tuple(shape))]
-
-    def draw(self, logits: Tensor, noise: NoiseSource, shape: tuple[int, ...], *, emit_only: bool = False, **options: int) -> Draw:
-        """Draws for samples of `shape` [G, S, *rest, K] from detached logits [G, 1|S, *rest, K];
-        `emit_only`: only what `emit` needs."""
-        gumbel = gumbel_from_exponential(noise("gumbel", tuple(shape), 0))  # ~Gumbel(0, 1), [G, S, *rest, K]
-        index = (logits.expand(shape) + gumbel).argmax(dim=-1) if self.one_hot else None  # [G, S, *rest]
-        return Draw(gumbel, index)
-
-    def emit(self, logits: Tensor, draw: Draw, tau: float | Tensor) -> Tensor:
-        """The samples' values [G, S, *rest, K], no gradient wanted: the one-hot of the category."""
-        return one_hot(draw.index, draw.gumbel.shape[-1], draw.gumbel.dtype)
-
-    def sample(self, logits: Tensor, draw: Draw, tau: float | Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def surrogate(self, logits: Tensor, y: Tensor, values: Tensor, grad: Tensor | None) -> Tensor:
-        """Pathwise: sum(y * dloss/dy) per group, whose gradient w.r.t. the logits is the loss's
-        (dloss/dy held fixed: it is f's gradient at the sample's value)."""
-        return (y * grad).sum(dim=tuple(range(1, y.ndim)))  # [G]
-
-    def __call__(self, logits: Tensor, f: LossFn, *, tau: float | Tensor, num_estimates: int, samples_per_estimate: int,
-                 generator: torch.Generator | None, noise: NoiseSource | None = None, **options: int) -> Tensor:
-        """N independent estimates [N, *B, K]: every estimate gets its own copy of the logits, so the
-        gradient of the summed surrogates w.r.t. that copy is that estimate (one batched pass)."""
-        options = estimator_options(self.name, options)
-        if self.info.uses_tau:
-            check_tau(tau)
-        n, s = num_estimates, samples_per_estimate
-        theta = logits.detach().expand(n, *logits.shape).clone().requires_grad_(True)  # [N, *B, K]
-        lead = theta.unsqueeze(1)  # [N, 1, *B, K]
-        shape = (n, s, *logits.shape)
-        noise = noise or fresh_noise(generator, logits.dtype, logits.device)
-        with torch.enable_grad():
-            draw = self.draw(lead.detach(), noise, shape, **options)
-            y = self.sample(lead, draw, tau)  # [N, S, *B, K]
-            values, grad = self._f_and_grad(f, y, s)  # [N, S, *B], [N, S, *B, K]
-            (estimates,) = torch.autograd.grad(self.surrogate(lead, y, values, grad).sum(), theta)
-        return estimates  # [N, *B, K]
-
-    def _f_and_grad(self, f: LossFn, y: Tensor, samples: int) -> tuple[Tensor, Tensor | None]:
-        """f at the samples and (pathwise) the gradient of mean_s f(y_s) w.r.t. y, by autograd."""
-        if not self.pathwise:
-            with torch.no_grad():
-                return f(y), None
-        point = y.detach().requires_grad_(True)
-        values = f(point)  # [N, S, *B]
-        (grad,) = torch.autograd.grad(values.sum() / samples, point)
-        return values.detach(), grad
-
-
 class _Soft(Estimator):
-    one_hot = False
+    one_hot = emits_one_hot = False
 
     def emit(self, logits, draw, tau):
         return softmax((logits.expand(draw.gumbel.shape) + draw.gumbel) / tau)  # [G, S, *rest, K]
@@ -207,16 +108,23 @@ class _GumbelRao(_Hard):
             return base
         k = options["k"]
         exponentials = noise("conditional", (k, *shape), 1)  # ~Exp(1), [k, G, S, *rest, K]
+        if options.get("grad_noise", False):  # the Gumbels are recomputed from the live logits in `sample`
+            return Draw(base.gumbel, base.index, extra={"exponentials": exponentials})
         conditional = conditional_gumbel(logits.expand(shape), base.index, num_samples=k, exponentials=exponentials)
         return Draw(base.gumbel, base.index, conditional)  # conditional: [k, G, S, *rest, K]
 
     def sample(self, logits, draw, tau):
         lg = logits.expand(draw.gumbel.shape)  # [G, S, *rest, K]
         vertex = one_hot(draw.index, lg.shape[-1], lg.dtype)
-        k = draw.conditional.shape[0]
+        if draw.conditional is None:  # grad_noise: differentiate through the conditional Gumbels too
+            exponentials = draw.extra["exponentials"]
+            conditional = conditional_gumbel(lg, draw.index, num_samples=len(exponentials), exponentials=exponentials, differentiable=True)
+        else:
+            conditional = draw.conditional
+        k = conditional.shape[0]
         # The mean over the k copies as sum / k: the same value as mean(0), and its backward divides
         # the small [G, S, *rest, K] gradient by k instead of its k-fold expansion.
-        relaxed = softmax((lg + draw.conditional) / tau).sum(dim=0) / k  # E[soft sample | category], [G, S, *rest, K]
+        relaxed = softmax((lg + conditional) / tau).sum(dim=0) / k  # E[soft sample | category], [G, S, *rest, K]
         return straight_through(vertex, relaxed)
 
 
@@ -226,7 +134,7 @@ class _Reinforce(Estimator):
     def sample(self, logits, draw, tau):
         return self.emit(logits, draw, tau)  # the one-hot; the gradient comes from the score
 
-    def surrogate(self, logits, y, values, grad):
+    def surrogate(self, logits, y, values, grad, draw=None):
         """mean_s (f_s - b_s) log p(z_s), b_s the leave-one-out mean of the other S - 1 losses."""
         s = values.shape[1]
         if s > 1:
@@ -256,6 +164,13 @@ _DEFINITIONS: dict[str, Estimator] = {
     "hard": _Hard("hard"),
     "gumbel_rao": _GumbelRao("gumbel_rao"),
     "reinforce": _Reinforce("reinforce"),
+    "st": TemperedST("st"),
+    "gst": GappedST("gst"),
+    "reinmax": ReinMax("reinmax"),
+    "zgr": ZGR("zgr"),
+    "rebar": Rebar("rebar", learned=False),
+    "relax": Rebar("relax", learned=True),
+    "unordered_set": UnorderedSet("unordered_set"),
     "exact": _Exact("exact"),
 }
 assert tuple(_DEFINITIONS) == tuple(ESTIMATORS_INFO), "one definition per name of study.vocab.ESTIMATORS_INFO"
@@ -298,15 +213,18 @@ def estimate_gradients(
     samples_per_estimate: int = 1,
     generator: torch.Generator | None = None,
     noise: NoiseSource | None = None,
-    **options: int,
+    control=None,
+    **options,
 ) -> Tensor:
     """`num_estimates` independent estimates [N, *B, K] of d/dlogits E[f(onehot z)] by `name`, each
     from `samples_per_estimate` samples.
 
     `logits` is [*B, K]; `tau` a float or a tensor broadcastable against [*B, K]; options as in
     study.vocab.ESTIMATORS_INFO (gumbel_rao: `k` conditional samples, default 10). `noise`
-    supplies the Exp(1) numbers instead of `generator` (then the call is not chunked). Large
-    calls are split into chunks of estimates, each with fresh draws.
+    supplies the Exp(1) numbers instead of `generator` (then the call is not chunked). `control`:
+    for rebar / relax, a population's adapted parameters (study.rebar.ControlVariate, per replica
+    of a leading batch dim) in place of the `eta` option and the untrained network. Large calls are
+    split into chunks of estimates, each with fresh draws.
     """
     if name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; known: {', '.join(sorted(ESTIMATORS))}")
@@ -320,6 +238,10 @@ def estimate_gradients(
         check_tau(tau)
     estimator = ESTIMATORS[name]
     kwargs = dict(tau=tau, samples_per_estimate=samples_per_estimate, generator=generator, **options)
+    if control is not None:
+        if name not in ("rebar", "relax"):
+            raise ValueError(f"control is for rebar and relax, not {name!r}")
+        kwargs["control"] = control
     if noise is not None:
         return estimator(logits, f, num_estimates=num_estimates, noise=noise, **kwargs)
     chunk = _chunk_size(name, logits, num_estimates, samples_per_estimate, resolved)
@@ -330,6 +252,55 @@ def estimate_gradients(
         for start in range(0, num_estimates, chunk)
     ]
     return torch.cat(parts, dim=0)  # [N, *B, K]
+
+
+# ---------------------------------------------------------------------- exact moments by enumeration
+
+
+def category_moments(name: str, logits: Tensor, vertex_grads: Tensor, *, tau, samples: int = 1, vertex_values: Tensor | None = None, **options) -> tuple[Tensor, Tensor]:
+    """Mean [*B, K] and covariance trace [*B] of the `samples`-sample estimate of an estimator whose
+    estimate depends only on the sampled category (ESTIMATORS_INFO[name].exact_moments), exactly:
+    the estimate e_c for every category c (its own sample and surrogate, with f's gradient at the
+    vertex c, vertex_grads [K(c), *B, K] broadcastable), then mean = sum_c p_c e_c and
+    variance = sum_c p_c ||e_c - mean||^2 / samples. K backward passes, no Monte Carlo noise."""
+    estimator = ESTIMATORS[name]
+    if not estimator.info.exact_moments:
+        raise ValueError(f"{name} depends on more than the sampled category: its moments are not an enumeration")
+    options = estimator_options(name, options)
+    k = logits.shape[-1]
+    batch = logits.shape[:-1]
+    theta = logits.detach().expand(k, *logits.shape).clone().requires_grad_(True)  # [K(c), *B, K]
+    index = torch.arange(k, device=logits.device).view(k, 1, *([1] * len(batch))).expand(k, 1, *batch)  # [K(c), 1, *B]
+    draw = Draw(None, index, extra=options)
+    with torch.enable_grad():
+        lead = theta.unsqueeze(1)  # [K(c), 1, *B, K]
+        y = estimator.sample(lead, draw, tau)  # [K(c), 1, *B, K]
+        grad = vertex_grads.unsqueeze(1).expand(y.shape)  # f's gradient at e_c, [K(c), 1, *B, K]
+        values = torch.zeros(y.shape[:-1], dtype=y.dtype, device=y.device) if vertex_values is None else vertex_values
+        (per_category,) = torch.autograd.grad(estimator.surrogate(lead, y, values, grad, draw).sum(), theta)  # [K(c), *B, K]
+    p = torch.softmax(logits.detach().double(), dim=-1).movedim(-1, 0).unsqueeze(-1)  # [K(c), *B, 1]
+    per_category = per_category.double()
+    mean = (p * per_category).sum(dim=0)  # [*B, K]
+    variance = (p * (per_category - mean).square()).sum(dim=0).sum(dim=-1) / samples  # [*B]
+    return mean.to(logits.dtype), variance.to(logits.dtype)
+
+
+def exact_moments(name: str, logits: Tensor, f: LossFn, *, tau=1.0, samples_per_estimate: int = 1, **options) -> tuple[Tensor, Tensor]:
+    """Mean [*B, K] and covariance trace [*B] of `name`'s estimate of d/dlogits E[f], by enumeration
+    of the K categories: the estimators whose estimate depends only on the sampled category (st,
+    gst, reinmax, zgr; `category_moments`) and REINFORCE (`reinforce_moments`)."""
+    k = logits.shape[-1]
+    batch = logits.shape[:-1]
+    eye = torch.eye(k, dtype=logits.dtype, device=logits.device)
+    vertices = eye.view(k, *([1] * len(batch)), k).expand(k, *batch, k).clone().requires_grad_(True)  # [K(c), *B, K]
+    with torch.enable_grad():
+        values = f(vertices)  # [K(c), *B]
+        (grads,) = torch.autograd.grad(values.sum(), vertices)  # [K(c), *B, K]
+    if name == "reinforce":
+        return reinforce_moments(torch.softmax(logits.detach(), dim=-1), values.detach().movedim(0, -1), samples_per_estimate)
+    if ESTIMATORS_INFO[name].uses_tau:
+        check_tau(tau)
+    return category_moments(name, logits, grads, tau=tau, samples=samples_per_estimate, **options)
 
 
 # ---------------------------------------------------------------------- REINFORCE in closed form

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from study.discriminator import CHUNK_BYTES, disc_logits, fake_loss, gather_vertices, vertex_losses
-from study.estimators import ESTIMATORS, estimator_options, exact_gradient, fresh_noise, reinforce_moments
+from study.discriminator import CHUNK_BYTES, disc_logits, losses_at_samples, vertex_losses
+from study.estimators import ESTIMATORS, category_moments, estimator_options, exact_gradient, fresh_noise, reinforce_moments
 from study.gumbel import one_hot
 from study.probes import Moments, probe_stats, sampled_stats
 from study.vocab import ESTIMATORS_INFO, probe_key
@@ -112,6 +112,15 @@ def config_options(config, name: str) -> dict:
     `<name>_<o>` (gumbel_rao's k is `gumbel_rao_k`), else its default."""
     options = {opt: getattr(config, f"{name}_{opt}", default) for opt, default in ESTIMATORS_INFO[name].options.items()}
     return estimator_options(name, options)
+
+
+def probe_options(pop, name: str) -> dict:
+    """The options a probe of `name` runs with: the config's, and for the trial's own REBAR / RELAX
+    its current adapted eta (and network), detached."""
+    options = config_options(pop.config, name)
+    if pop.control is not None and name == pop.config.relaxation:
+        options["control"] = pop.control.detached()
+    return options
 
 
 def evaluate_population(pop) -> Evaluation:
@@ -221,12 +230,14 @@ def probe_metrics(pop, tau: Tensor, marginal: Tensor) -> list[ProbeResult]:
             distinct.append(t)
     stats = {}
     for name in cfg.probe_estimators:
-        estimator, options = ESTIMATORS[name], config_options(cfg, name)
-        if estimator.pathwise:
+        estimator, options = ESTIMATORS[name], probe_options(pop, name)
+        if name == "reinforce":  # the score function does not depend on tau: one closed form for every temperature
+            per_temperature = [_per_replica(reinforce_stats(point, marginal), 0)] * len(distinct)
+        elif estimator.info.exact_moments:  # a function of the category: a sum over the K categories, n = 0
+            per_temperature = [_per_replica(category_stats(point, name, t, options), 0) for t in distinct]
+        else:
             moments = sampled_moments(pop, point, estimator, options, distinct)
             per_temperature = [_per_replica(sampled_stats(m, point.exact, point.samples), cfg.probe_estimates) for m in moments]
-        else:  # the score function does not depend on tau: one closed form for every temperature
-            per_temperature = [_per_replica(reinforce_stats(point, marginal), 0)] * len(distinct)
         stats[name] = per_temperature
     return [ProbeResult(name, source, t, stats[name][slot[i]]) for i, (source, t) in enumerate(temperatures) for name in cfg.probe_estimators]
 
@@ -264,9 +275,9 @@ def sampled_moments(pop, point: ProbePoint, estimator, options: dict, taus: list
         for tau, acc in zip(taus, moments):
             with torch.enable_grad():
                 lead = theta.unsqueeze(1)  # [R n, 1, *P, K]
-                y = estimator.sample(lead, draw, _tau_for_rows(tau, n, len(shape)))  # [R n, 1, *P, K]
+                y = estimator.sample(lead, draw, _tau_for_rows(tau, n, len(shape)))  # [*points, R n, 1, *P, K]
                 values, grad = _f_at_samples(point, estimator, y, draw.index)
-                (estimates,) = torch.autograd.grad(estimator.surrogate(lead, y, values, grad).sum(), theta)
+                (estimates,) = torch.autograd.grad(estimator.surrogate(lead, y, values, grad, draw).sum(), theta)
             acc.add(estimates.view(R, n, *rest, K), dim=1)  # [R, n, *P, K]
     return moments
 
@@ -280,15 +291,23 @@ def _tau_for_rows(tau: Tensor, n: int, ndim: int) -> Tensor:
 
 
 def _f_at_samples(point: ProbePoint, estimator, y: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """f's values [R n, 1, *P] and gradient [R n, 1, *P, K] at single-sample draws y, through the
-    discriminator as training computes them (at the K vertices, gathered, for one-hot samples)."""
-    R, K = point.logits.shape[0], point.logits.shape[-1]
-    if estimator.one_hot:
-        grads = point.vertex_grads if estimator.pathwise else None
-        values, grad = gather_vertices(point.vertex_values, grads, index.reshape(R, -1), 1)  # [R, n P], [R, n P, K]
-    else:
-        values, grad = fake_loss(y.detach().reshape(R, -1, K), point.params, 1, inputs=True)  # [R, n P], [R, n P, K]
-    return values.reshape(y.shape[:-1]), None if grad is None else grad.reshape(y.shape)
+    """f's values [*points, R n, 1, *P] and gradient [*points, R n, 1, *P, K] at single-sample draws
+    y [*points, R n, 1, *P, K], through the discriminator as training computes them (at the K
+    vertices, gathered, for one-hot samples)."""
+    points = y.ndim - point.logits.ndim - 1
+    vertices = (point.vertex_values, point.vertex_grads if estimator.pathwise else None) if estimator.one_hot else None
+    return losses_at_samples(y, index, point.params, points=points, samples=1, inputs=estimator.pathwise, vertices=vertices)
+
+
+def category_stats(point: ProbePoint, name: str, tau: Tensor, options: dict) -> dict[str, Tensor]:
+    """An estimator whose estimate depends only on the sampled category, at temperatures tau [R]:
+    its mean and variance as sums over the K categories (estimators.category_moments), so
+    bias2_floor = 0; variance / S for the S samples of a training step."""
+    R, rest, K = point.logits.shape[0], point.logits.shape[1:-1], point.logits.shape[-1]
+    grads = point.vertex_grads.movedim(1, 0).reshape(K, R, *([1] * len(rest)), K)  # f's gradient at e_c, [K(c), R, 1.., K]
+    tau_rows = tau[0] if bool((tau == tau[0]).all()) else tau.view(R, *([1] * len(rest)), 1)
+    mean, variance = category_moments(name, point.logits, grads, tau=tau_rows, samples=point.samples, **options)
+    return probe_stats(mean, variance, torch.zeros_like(variance), point.exact)
 
 
 def reinforce_stats(point: ProbePoint, marginal: Tensor) -> dict[str, Tensor]:

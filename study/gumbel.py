@@ -160,16 +160,20 @@ def conditional_gumbel(
     num_samples: int,
     generator: torch.Generator | None = None,
     exponentials: Tensor | None = None,
+    differentiable: bool = False,
 ) -> Tensor:
     """Gumbel noise G [num_samples, ..., K] distributed as G | argmax(logits + G) = index.
 
     Uses the exponential-race construction of Paulus et al. (2021, App. C): with E_j ~ Exp(1)
     and Z = sum_j exp(logits_j), the winner's perturbed logit is log Z - log E_i, and each loser's
-    is -log(E_j exp(-logits_j) + E_i / Z), computed in log space. The noise is a sample and
-    carries no gradient. `exponentials` [num_samples, ..., K] ~ Exp(1) may be supplied instead of
-    drawing them from `generator`.
+    is -log(E_j exp(-logits_j) + E_i / Z), computed in log space. By default the noise is a sample
+    and carries no gradient; `differentiable=True` keeps it a function of the logits at fixed E
+    (the reparameterisation REBAR needs, and Paulus et al.'s eq. 10): then logits + G has the
+    gradient of the perturbed logits. `exponentials` [num_samples, ..., K] ~ Exp(1) may be
+    supplied instead of drawing them from `generator`.
     """
-    logits = logits.detach()
+    if not differentiable:
+        logits = logits.detach()
     k = logits.shape[-1]
     tiny = torch.finfo(logits.dtype).tiny
     shape = (num_samples, *logits.shape)

@@ -39,6 +39,7 @@ from study.estimators import ESTIMATORS
 from study.evaluation import Evaluation, config_options, evaluate_population
 from study.gumbel import one_hot
 from study.random_blocks import RandomBlocks, StepLayout, StepNumbers, normal_from_exponentials
+from study.rebar import control_generator_loss, make_control
 from study.targets import parse_target
 
 __all__ = ["Population"]
@@ -95,7 +96,8 @@ class Population:
         self.dtype = getattr(torch, config.dtype)
         self.seeds = list(seeds)
         self.R, self.K, self.B = len(seeds), config.categories, config.batch_size
-        self.schedule = config.schedule_for()  # validated here as in config checks
+        self.schedule = config.schedule_for()  # validated here as in config checks; runs from the tau anchor
+        self.tau_anchor = (0, config.tau0)  # (step, tau) the schedule starts from (see set_tau_anchor)
         self.estimator = ESTIMATORS[config.relaxation]
         if not self.estimator.info.trains:
             raise ValueError(f"relaxation {config.relaxation!r} is a probe reference, not a training estimator")
@@ -116,7 +118,9 @@ class Population:
         self.opt_d = torch.optim.Adam(self.disc_params, lr=config.lr_d, fused=True)
         self.random_blocks = RandomBlocks(self.rngs, self.step_layout(), self.dtype, self.device)
         self.distinct_rows = distinct_rows and self.K < self.B  # one-hot halves of the D batch as K weighted rows
-        self.vertex_fakes = self.estimator.one_hot  # fakes are one-hots: D at the K vertices suffices
+        self.vertex_fakes = self.estimator.one_hot  # G step: f only at one-hots, so D at the K vertices suffices
+        self.vertex_emits = self.estimator.emits_one_hot  # D step: the fakes shown are one-hots
+        self.control = make_control(config, self.R, self.K, self.dtype, self.device)  # REBAR / RELAX: adapted per replica
         self.step = 0
         self.loss_sums = torch.zeros(2, self.R, dtype=self.dtype, device=self.device)  # [d, g] since the last evaluation
         self.loss_counts = torch.zeros(2, dtype=self.dtype, device=self.device)
@@ -145,9 +149,19 @@ class Population:
         return torch.baddbmm(b2, h, w2)  # [R, B, K]
 
     def tau(self, step: int | None = None) -> Tensor:
-        """The trial's temperature at `step` (default: the current step) for every replica, [R]."""
+        """The trial's temperature at `step` (default: the current step) for every replica, [R]:
+        the schedule started at the tau anchor, `step - anchor_step` steps on."""
+        if self.control is not None:  # REBAR / RELAX: their own adapted temperature, not the schedule
+            return self.control.temperature()
         step = self.step if step is None else step
-        return self.schedule.tensor(step, (self.R,), dtype=self.dtype, device=self.device)
+        return self.schedule.tensor(step - self.tau_anchor[0], (self.R,), dtype=self.dtype, device=self.device)
+
+    def set_tau_anchor(self, step: int, tau: float) -> None:
+        """Start the trial's schedule (its kind, anneal_rate, tau_min, interval) again at `step`
+        from temperature `tau`. A population starts at (0, tau0); PBT moves the anchor when a trial
+        continues from another's checkpoint with a perturbed temperature or rate."""
+        self.schedule = self.config.schedule_for(tau0=float(tau))  # validates tau against tau_min
+        self.tau_anchor = (int(step), float(tau))
 
     def _disc_detached(self) -> list[Tensor]:
         return [p.detach() for p in self.disc_params]
@@ -227,7 +241,7 @@ class Population:
             logits = self.generator_logits(self._generator_noise(numbers))  # [R, 1|B, K]
             draw = self.estimator.draw(logits, numbers.exponentials, (self.R, B, K), emit_only=True, **self.estimator_options)
             fake = self.estimator.emit(logits, draw, tau.view(-1, 1, 1))  # [R, B, K]
-        if self.distinct_rows and self.vertex_fakes:
+        if self.distinct_rows and self.vertex_emits:
             fake, fake_w = self._unit_rows(), fake.sum(dim=1) / B  # [R, K, K], [R, K]
         else:
             fake_w = self._uniform_weights()  # [R, B]
@@ -243,20 +257,21 @@ class Population:
         """Per-replica G loss [R] and a surrogate [R] whose gradient w.r.t. the generator is the
         one the relaxation estimates (its estimator's rule, with dloss/dy from the hand-written D)."""
         logits = self.generator_logits(self._generator_noise(numbers))  # [R, 1|B, K]
-        estimator = self.estimator
-        draw = estimator.draw(logits.detach(), numbers.exponentials, (self.R, self.B, self.K), **self.estimator_options)
-        y = estimator.sample(logits, draw, tau.view(-1, 1, 1))  # [R, B, K]
-        per_sample, grad_y = self._fake_loss(y, draw.index, inputs=estimator.pathwise)  # [R, B], [R, B, K] | None
-        return per_sample.mean(dim=1), estimator.surrogate(logits, y, per_sample, grad_y)
+        estimator, shape = self.estimator, (self.R, self.B, self.K)
+        if self.control is not None:
+            return control_generator_loss(estimator, self.control, logits, numbers.exponentials, self._disc_detached(), shape, self.estimator_options)
+        draw = estimator.draw(logits.detach(), numbers.exponentials, shape, **self.estimator_options)
+        y = estimator.sample(logits, draw, tau.view(-1, 1, 1))  # [*points, R, B, K]
+        per_sample, grad_y = self._fake_loss(y, draw.index, inputs=estimator.pathwise)  # [*points, R, B], [*points, R, B, K] | None
+        own = per_sample[(0,) * (y.ndim - 3)]  # point 0 is the sample itself: its loss, [R, B]
+        return own.mean(dim=1), estimator.surrogate(logits, y, per_sample, grad_y, draw)
 
     def _fake_loss(self, y: Tensor, index: Tensor | None, *, inputs: bool) -> tuple[Tensor, Tensor | None]:
-        """softplus(-D(y)) per sample [R, B] and, when `inputs`, the gradient of its batch mean
-        w.r.t. y [R, B, K]: at the K vertices, gathered, when the samples are one-hots and K < B."""
+        """softplus(-D(y)) per sample [*points, R, B] and, when `inputs`, the gradient of its batch
+        mean w.r.t. y: at the K vertices, gathered, when the samples are one-hots and K < B."""
         params = self._disc_detached()
-        if self.distinct_rows and self.vertex_fakes:
-            values, grads = discriminator.vertex_losses(params, inputs=inputs)  # [R, K], [R, K, K]
-            return discriminator.gather_vertices(values, grads, index, self.B)
-        return discriminator.fake_loss(y.detach(), params, self.B, inputs=inputs)
+        vertices = discriminator.vertex_losses(params, inputs=inputs) if self.distinct_rows and self.vertex_fakes else None
+        return discriminator.losses_at_samples(y, index, params, points=y.ndim - 3, samples=self.B, inputs=inputs, vertices=vertices)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -296,6 +311,8 @@ class Population:
             "stream_pos": self.stream_pos.clone(),
             "loss_sums": self.loss_sums.cpu().clone(),
             "loss_counts": self.loss_counts.cpu().clone(),
+            "control": None if self.control is None else self.control.state_dict(),
+            "tau_anchor": [int(self.tau_anchor[0]), float(self.tau_anchor[1])],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -308,6 +325,10 @@ class Population:
                 p.copy_(v)
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        # The learning rates are the config's: PBT may have perturbed them since the checkpoint.
+        for opt, lr in ((self.opt_g, self.config.lr_g), (self.opt_d, self.config.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr
         self.random_blocks.restore(state["block_states"][0], state["cursors"][0])
         for rng, s in zip(self.rngs, state["rng"]):
             rng.set_state(s)
@@ -315,4 +336,8 @@ class Population:
         self.stream_pos.copy_(state["stream_pos"])
         self.loss_sums.copy_(state["loss_sums"])
         self.loss_counts.copy_(state["loss_counts"])
+        if self.control is not None:
+            self.control.load_state_dict(state["control"])
         self.step = int(state["step"])
+        step, tau = state.get("tau_anchor", (0, self.config.tau0))  # older checkpoints: the schedule from step 0
+        self.set_tau_anchor(step, tau)

@@ -15,11 +15,13 @@ from typing import Any
 
 __all__ = [
     "ESTIMATORS_INFO",
+    "DEFAULT_PROBES",
     "ESTIMATOR_NAMES",
     "EVAL_KEYS",
     "FIT_KEYS",
     "GROUP_COLUMNS",
     "LOSS_KEYS",
+    "MAX_SET_SIZE",
     "PROBE_STATS",
     "RELAXATIONS",
     "SAMPLE_KEYS",
@@ -32,6 +34,8 @@ __all__ = [
     "parse_metric_key",
     "probe_key",
     "relgan_beta",
+    "option_problem",
+    "resolve_options",
     "schedule_tau",
 ]
 
@@ -47,11 +51,35 @@ class EstimatorInfo:
     biased: bool  # biased for every tau > 0 (False: unbiased)
     uses_tau: bool  # its estimate depends on the temperature
     trains: bool = True  # usable as a training relaxation (`exact` is a probe reference only)
-    options: dict[str, Any] = field(default_factory=dict)  # option -> default
-    f_evals: int = 1  # evaluations of f per sample of an estimate
-    backward_passes: int = 1  # backward passes through f per sample (0: score function only)
+    options: dict[str, Any] = field(default_factory=dict)  # option -> default (its type is the option's type)
+    # Cost per sample of an estimate, in passes through f: an int, or the name of an option ("k") or
+    # "K" (the number of categories) when it depends on them.
+    f_evals: int | str = 1  # evaluations of f
+    backward_passes: int | str = 1  # backward passes through f (0: score function only)
+    exact_moments: bool = False  # its estimate depends only on the sampled category: moments by enumeration
     marker: str = "o"  # matplotlib marker, stable across figures
 
+    def cost(self, options: dict[str, Any] | None = None, categories: int | None = None) -> tuple[int, int]:
+        """(f evaluations, backward passes) per sample of an estimate under `options`."""
+        options = {**self.options, **(options or {})}
+
+        def resolve(value: int | str) -> int:
+            if isinstance(value, int):
+                return value
+            if value == "K":
+                if categories is None:
+                    raise ValueError(f"the cost of {self.name} depends on the number of categories K")
+                return int(categories)
+            return int(options[value])
+
+        return resolve(self.f_evals), resolve(self.backward_passes)
+
+    def total_cost(self, options: dict[str, Any] | None = None, categories: int | None = None) -> int:
+        """Passes through f per sample (a backward pass counted as one): the unit of equal-cost MSE."""
+        return sum(self.cost(options, categories))
+
+
+_CATEGORY_ONLY = dict(exact_moments=True)  # estimators whose estimate is a function of the sampled category
 
 _INFOS = (
     EstimatorInfo(
@@ -65,7 +93,7 @@ _INFOS = (
     EstimatorInfo(
         "gumbel_rao", "Gumbel-Rao", "Paulus et al. 2021",
         "straight-through averaged over k Gumbels conditioned on D", biased=True, uses_tau=True,
-        options={"k": 10}, marker="D",
+        options={"k": 10, "grad_noise": False}, marker="D",
     ),
     EstimatorInfo(
         "reinforce", "REINFORCE", "Williams 1992; leave-one-out baseline: Kool et al. 2019",
@@ -73,14 +101,84 @@ _INFOS = (
         backward_passes=0, marker="^",
     ),
     EstimatorInfo(
+        "st", "tempered ST", "Bengio et al. 2013; slope-annealed: Paulus et al. 2021",
+        "(1/τ) J(softmax(θ/τ)) g, D ~ Cat(p), no Gumbel noise", biased=True, uses_tau=True, marker="v", **_CATEGORY_ONLY,
+    ),
+    EstimatorInfo(
+        "gst", "gapped ST", "Fan et al. 2022",
+        "(1/τ) J(softmax((θ + m(D))/τ)) g, m moves θ_D to the max and the others ≥ gap below", biased=True,
+        uses_tau=True, options={"gap": 1.0}, marker="P", **_CATEGORY_ONLY,
+    ),
+    EstimatorInfo(
+        "reinmax", "ReinMax", "Liu et al. 2023",
+        "2 J(π) g − ½ J(p) g, π = ½(softmax(θ/τ) + D)", biased=True, uses_tau=True, marker="X", **_CATEGORY_ONLY,
+    ),
+    EstimatorInfo(
+        "zgr", "ZGR", "Shekhovtsov 2023",
+        "½ [J(p) g + ((D − p)·g)(D − p)]", biased=True, uses_tau=False, marker="<", **_CATEGORY_ONLY,
+    ),
+    EstimatorInfo(
+        "rebar", "REBAR", "Tucker et al. 2017",
+        "[f(D) − η f(σ_λ(z̃))] ∇θ log p(D) + η ∇θ f(σ_λ(z)) − η ∇θ f(σ_λ(z̃)), z̃ ~ z | D reparameterised",
+        biased=False, uses_tau=True, options={"eta": 1.0}, f_evals=3, backward_passes=2, marker=">",
+    ),
+    EstimatorInfo(
+        "relax", "RELAX", "Grathwohl et al. 2018",
+        "REBAR with control variate c(z) = η f(σ_λ(z)) + r_ρ(z), r_ρ a small learned network", biased=False,
+        uses_tau=True, options={"eta": 1.0, "hidden": 16}, f_evals=3, backward_passes=2, marker="p",
+    ),
+    EstimatorInfo(
+        "unordered_set", "unordered set", "Kool et al. 2020",
+        "Σ_{s∈S} ∇p(s) R(S, s) [f(s) − b(S, s)], S = Gumbel-top-k without replacement", biased=False,
+        uses_tau=False, options={"k": 4}, f_evals="k", backward_passes=0, marker="h",
+    ),
+    EstimatorInfo(
         "exact", "exact", "enumeration over the K categories",
-        "Σ_k ∇θ p_k f(e_k)", biased=False, uses_tau=False, trains=False, backward_passes=0, marker="*",
+        "Σ_k ∇θ p_k f(e_k)", biased=False, uses_tau=False, trains=False, f_evals="K", backward_passes=0, marker="*",
     ),
 )
 
 ESTIMATORS_INFO: dict[str, EstimatorInfo] = {info.name: info for info in _INFOS}
 ESTIMATOR_NAMES: tuple[str, ...] = tuple(ESTIMATORS_INFO)  # display order
 RELAXATIONS: tuple[str, ...] = tuple(name for name, info in ESTIMATORS_INFO.items() if info.trains)
+MAX_SET_SIZE = 12  # unordered_set's k, unless k = K: its dynamic program holds 2^k subset probabilities per sample
+# What a trial probes unless its spec says otherwise: the four classic estimators (every relaxation
+# costs a probe per temperature per evaluation; specs list the others, as quick.toml does).
+DEFAULT_PROBES: tuple[str, ...] = ("soft", "hard", "gumbel_rao", "reinforce")
+
+
+def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """`options` of estimator `name` checked and completed with its defaults; ValueError names the
+    first bad option. An option's default fixes its type: a count (int >= 1), a flag (bool), a
+    finite real (float); gst's `gap` is a number > 0 or "p" (GST-p: gap = -log(1 - p_D) / p_D)."""
+    known = ESTIMATORS_INFO[name].options
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"estimator {name!r} takes no option {unknown[0]!r}; its options: {sorted(known)}")
+    resolved = {**known, **options}
+    for key, value in resolved.items():
+        problem = option_problem(name, key, value)
+        if problem:
+            raise ValueError(f"{name} option {key} {problem}, got {key}={value!r}")
+    return resolved
+
+
+def option_problem(name: str, key: str, value: Any) -> str | None:
+    """What is wrong with `value` for option `key` of estimator `name` ("must be ..."), or None."""
+    default = ESTIMATORS_INFO[name].options[key]
+    if isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, want = isinstance(value, int) and not isinstance(value, bool) and value >= 1, "an integer >= 1"
+    elif name == "gst" and key == "gap":
+        ok, want = value == "p" or (_is_real(value) and math.isfinite(value) and value > 0), 'a number > 0 or "p"'
+    else:
+        ok, want = _is_real(value) and math.isfinite(value), "a finite number"
+    return None if ok else f"must be {want}"
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def estimator_label(name: str) -> str:

@@ -21,6 +21,7 @@ from study.estimators import ESTIMATORS, estimate_gradients, exact_gradient
 from study.estimators import fresh_noise
 from study.gumbel import gumbel_from_exponential, gumbel_softmax
 from study.probes import STAT_NAMES, gradient_stats
+from study.vocab import ESTIMATORS_INFO
 
 F64 = torch.float64
 EPS64 = torch.finfo(F64).eps
@@ -353,16 +354,20 @@ def test_batch_dims_for_the_other_estimators():
 # Chunking
 
 
+# Estimators whose estimate is a function of finitely many categories (no continuous noise).
+FINITELY_VALUED = {"reinforce", "unordered_set"} | {n for n, i in ESTIMATORS_INFO.items() if i.exact_moments}
+
+
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))
 def test_chunking_keeps_shapes_and_statistics(name, monkeypatch):
     r, k, n, samples, chunk = 2, 4, 2000, 2, 97
     logits = rand(r, k, seed=60)
     w = rand(r, k, seed=61)
     f = lambda y: (y * w).sum(-1).square()  # noqa: E731
-    options = {"k": 3} if name == "gumbel_rao" else {}
+    options = {"gumbel_rao": {"k": 3}, "unordered_set": {"k": 2}}.get(name, {})  # unordered_set at k = K: exact, no variance
     unchunked = estimate_gradients(name, logits, f, tau=0.7, num_estimates=n, samples_per_estimate=samples, generator=seeded(62), **options)
 
-    per_estimate = samples * logits.numel() * options.get("k", 1)
+    per_estimate = samples * logits.numel() * (options["k"] if name == "gumbel_rao" else 1)  # its widest draw
     monkeypatch.setattr(estimators_module, "_CHUNK_ELEMENTS", chunk * per_estimate)  # 21 chunks
     calls = []
     inner = ESTIMATORS[name]
@@ -378,7 +383,7 @@ def test_chunking_keeps_shapes_and_statistics(name, monkeypatch):
     if name == "exact":
         assert torch.equal(chunked, unchunked)
         return
-    if name != "reinforce":  # reinforce takes finitely many values; the others are continuous
+    if name not in FINITELY_VALUED:  # these take finitely many values; the others are continuous
         # Every chunk draws fresh noise: no estimate repeats (a chunk replaying the generator
         # state would duplicate whole blocks).
         assert torch.unique(chunked.flatten(1), dim=0).shape[0] == n
@@ -507,7 +512,7 @@ def test_registry_is_keyed_by_the_vocabulary():
     for name, info in ESTIMATORS_INFO.items():
         assert ESTIMATORS[name].info is info
         assert estimator_options(name, {}) == info.options  # defaults come from the vocabulary
-    assert estimator_options("gumbel_rao", {"k": 3}) == {"k": 3}
+    assert estimator_options("gumbel_rao", {"k": 3}) == {"k": 3, "grad_noise": False}
 
 
 def test_noise_source_replays_the_generator():
