@@ -40,9 +40,11 @@ Tables (one row per ...); every one has `run` (RUN's directory name, made unique
   at a fixed tau), tau, rows (probe rows averaged), first_step, last_step, the statistics of
   vocab.PROBE_STATS (means of their finite values; rows whose bias2, variance or mse is not finite,
   a diverged seed's, are left out and counted in meta["warnings"]), and the config columns as
-  categoricals. Reduced in Arrow while reading: what the tradeoff table and its figures need.
+  categoricals, plus unordered_set_k (summarize.COST_COLUMNS: the options an estimator's cost
+  depends on; `summarize.with_cost` adds cost and mse_cost). Reduced in Arrow while reading: what
+  the tradeoff table and its figures need.
 - `probes`  trial x seed x step x estimator x probed tau: trial_id, run, seed, step, estimator,
-  source, tau, PROBE_STATS (float32; n int32), config columns (categoricals). Read from the record
+  source, tau, PROBE_STATS (float32; n int32), config and cost columns (categoricals). Read from the record
   again on first access, in trial, step, record order: the tradeoff grid's 29M rows take 1.7 GB
   in pandas and ~25 s to read on 2 cores, with a peak near 4.4 GB for the process; the report
   never reads them (probe_means is what its tables and figures need).
@@ -72,6 +74,7 @@ import pandas as pd
 import pyarrow as pa
 
 from analysis.record import RunDirError, RunFiles, TrialData, list_run, read_json, read_probe_rows, read_state, read_trial
+from analysis.summarize import COST_COLUMNS
 from study.vocab import ESTIMATOR_NAMES, EVAL_KEYS, GROUP_COLUMNS, PROBE_STATS
 
 __all__ = ["Experiment", "RunDirError", "load_experiment", "load_runs", "run_names", "save_parquet", "target_probs"]
@@ -288,7 +291,14 @@ def _evals_table(trials: pd.DataFrame, data: list[TrialData | None], config: lis
     return frame.iloc[order][[*front, *rest, "diverged", "fit/probs"]].reset_index(drop=True)
 
 
+def _probe_config(trials: pd.DataFrame, config: list[str]) -> list[str]:
+    """The config columns of probe rows: `config`, then the options an estimator's cost depends on
+    (summarize.COST_COLUMNS: unordered_set_k), so that mse_cost can be computed per row."""
+    return [*config, *(c for c in COST_COLUMNS if c in trials.columns and c not in config)]
+
+
 def _probe_means_table(trials: pd.DataFrame, data: list[TrialData | None], config: list[str]) -> pd.DataFrame:
+    config = _probe_config(trials, config)
     table, codes = _codes(trials, [(i, d.probe_means) for i, d in enumerate(data) if d is not None])
     if table is None:
         return pd.DataFrame(columns=["trial_id", "run", "seed", "estimator", "source", "tau", "rows", "first_step", "last_step", *PROBE_STATS, *config])
@@ -297,6 +307,7 @@ def _probe_means_table(trials: pd.DataFrame, data: list[TrialData | None], confi
 
 def _read_probe_rows(trials: pd.DataFrame, data: list[TrialData | None], config: list[str], workers: int) -> pd.DataFrame:
     """The `probes` table: every trial's probe files, read again (Experiment.probes calls this once)."""
+    config = _probe_config(trials, config)
     jobs = [(i, d) for i, d in enumerate(data) if d is not None and d.files.probes]
     with ThreadPoolExecutor(max(1, min(workers, len(jobs) or 1))) as pool:
         tables = list(pool.map(lambda job: (job[0], read_probe_rows(job[1].fs, job[1].files)), jobs))

@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from study.vocab import ESTIMATOR_NAMES, PROBE_STATS, schedule_tau
+from study.vocab import ESTIMATOR_NAMES, ESTIMATORS_INFO, PROBE_STATS, schedule_tau
 
 __all__ = [
+    "COST_COLUMNS",
     "REPLICA",
     "best_configs",
     "estimator_rank",
@@ -40,10 +41,13 @@ __all__ = [
     "pareto_front",
     "pareto_mask",
     "probability_errors",
+    "probe_costs",
     "probe_means",
     "schedule_curves",
     "tau_bins",
     "tradeoff_table",
+    "winners_table",
+    "with_cost",
 ]
 
 REPLICA = ("trial_id", "seed")  # the resampling unit
@@ -279,7 +283,7 @@ def tradeoff_table(
     *,
     source: str = "all",
     bins_per_decade: int = 4,
-    stats: Sequence[str] = ("bias2", "variance", "mse"),
+    stats: Sequence[str] = ("bias2", "variance", "mse", "mse_cost"),
     n_boot: int = 2000,
     alpha: float = 0.05,
     seed: int = 0,
@@ -292,17 +296,20 @@ def tradeoff_table(
     a bin are averaged (weighted by `rows`: every probe row counts once) before the bootstrap.
     Output, one row per (estimator, temperature bin), estimators in vocab order, tau rising:
     estimator, tau (bin representative), tau_lo / tau_hi (smallest and largest member),
-    n_probes (probe rows), n_seeds, then for each stat `<stat>`, `<stat>_lo`, `<stat>_hi`;
-    bias2_floor (mean variance / N: what bias2 reads for an unbiased estimator), bias2_excess =
+    n_probes (probe rows), n_seeds, cost (passes through f per sample, `with_cost`), then for each
+    stat `<stat>`, `<stat>_lo`, `<stat>_hi` (mse_cost, the MSE at equal cost, is added with
+    `with_cost` when asked for and missing; its interval is resampled on its own, so an estimator
+    of unknown cost leaves the others' intervals alone); bias2_floor (mean variance / N: what bias2 reads for an unbiased estimator), bias2_excess =
     bias2 - bias2_floor (the bias² left after removing the floor's expectation), cosine, n
     (estimates per probe), and pareto (on the (bias2, variance) Pareto front of the table).
     """
     if source not in ("all", "current", "ladder"):
         raise ValueError(f"source must be 'all', 'current' or 'ladder', got {source=}")
     stats = list(stats)
-    base = ["estimator", "tau", "tau_lo", "tau_hi", "n_probes", "n_seeds"]
+    base = ["estimator", "tau", "tau_lo", "tau_hi", "n_probes", "n_seeds", "cost"]
     cols = [*base, *(c for s in stats for c in (s, f"{s}_lo", f"{s}_hi")), "bias2_floor", "bias2_excess", "cosine", "n", "pareto"]
     data = probes if probes.empty or "rows" in probes else probe_means(probes)
+    data = with_cost(data) if "mse_cost" in stats and "mse_cost" not in data and len(data) else data
     data = data if source == "all" or data.empty else data[data["source"] == source]
     data = data[np.isfinite(pd.to_numeric(data["tau"], errors="coerce").astype(float))] if len(data) else data
     if data.empty:
@@ -312,8 +319,11 @@ def tradeoff_table(
     by = ["estimator", "tau_bin"]
     grouped = data.groupby(by, observed=True, sort=True)
     out = pd.DataFrame({"tau": grouped["tau_rep"].first(), "tau_lo": grouped["tau"].min(), "tau_hi": grouped["tau"].max(), "n_probes": grouped["rows"].sum()})
-    out = out.join(_weighted_means(data, by, [c for c in ("bias2_floor", "cosine", "n") if c in data], "rows")).reset_index()
-    out = out.merge(grouped_ci(data, by, stats, weight="rows", n_boot=n_boot, alpha=alpha, seed=seed), on=by, how="left")
+    out = out.join(_weighted_means(data, by, [c for c in ("cost", "bias2_floor", "cosine", "n") if c in data], "rows")).reset_index()
+    for group in ([s for s in stats if s != "mse_cost"], [s for s in stats if s == "mse_cost"]):  # NaN cost: only mse_cost drops
+        ci = grouped_ci(data, by, group, weight="rows", n_boot=n_boot, alpha=alpha, seed=seed) if group else pd.DataFrame()
+        if len(ci):
+            out = out.merge(ci.drop(columns="n_seeds") if "n_seeds" in out else ci, on=by, how="left")
     out["bias2_excess"] = out["bias2"] - out["bias2_floor"] if {"bias2", "bias2_floor"} <= set(out) else np.nan
     out["pareto"] = pareto_mask(out["bias2"], out["variance"]) if {"bias2", "variance"} <= set(out) else False
     out = out.sort_values(["estimator", "tau"], key=lambda s: _estimator_key(s) if s.name == "estimator" else s)
@@ -346,6 +356,135 @@ def pareto_mask(x: Sequence[float], y: Sequence[float]) -> np.ndarray:
 def pareto_front(points: pd.DataFrame, x: str = "bias2", y: str = "variance") -> pd.DataFrame:
     """The rows of `points` on the Pareto front of (x, y), both minimised, sorted by x."""
     return points[pareto_mask(points[x], points[y])].sort_values([x, y]).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------- cost and winners
+
+
+def _cost_options() -> dict[str, dict[str, str]]:
+    """estimator -> {option: trial config column} for the options its cost depends on
+    (unordered_set's f evaluations are its option k, the trial field unordered_set_k)."""
+    out: dict[str, dict[str, str]] = {}
+    for info in ESTIMATORS_INFO.values():
+        names = [v for v in (info.f_evals, info.backward_passes) if isinstance(v, str) and v != "K"]
+        if names:
+            out[info.name] = {v: f"{info.name}_{v}" for v in names}
+    return out
+
+
+_COST_OPTIONS = _cost_options()
+COST_COLUMNS: tuple[str, ...] = tuple(c for options in _COST_OPTIONS.values() for c in options.values())  # carried onto probe rows
+
+
+def _one_cost(cell: dict) -> float:
+    """total_cost of one (estimator, categories, option columns) combination; NaN when unknown."""
+    info = ESTIMATORS_INFO.get(str(cell["estimator"]))
+    if info is None:
+        return math.nan
+    options = {opt: cell[col] for opt, col in _COST_OPTIONS.get(info.name, {}).items() if col in cell and pd.notna(cell[col])}
+    k = cell.get("categories")
+    try:
+        return float(info.total_cost(options, None if k is None or pd.isna(k) else int(k)))
+    except (TypeError, ValueError):  # K unknown for a cost that needs it, or an unreadable option
+        return math.nan
+
+
+def probe_costs(table: pd.DataFrame) -> np.ndarray:
+    """Passes through f per sample of each row's estimate: vocab's `total_cost` of the row's
+    estimator under the row's trial options (COST_COLUMNS; the defaults where a column is missing)
+    and K (`categories`). NaN for an estimator vocab does not know or a cost it cannot resolve."""
+    if table.empty or "estimator" not in table:
+        return np.full(len(table), np.nan)
+    keys = [c for c in ("estimator", "categories", *COST_COLUMNS) if c in table]
+    codes = table.groupby(keys, observed=True, dropna=False, sort=False).ngroup().to_numpy()  # one cost per distinct cell
+    firsts = np.unique(codes, return_index=True)[1]
+    costs = np.array([_one_cost(dict(zip(keys, row))) for row in table[keys].iloc[firsts].itertuples(index=False)], dtype=float)
+    return costs[codes]
+
+
+def with_cost(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` (probes or probe_means) plus cost (`probe_costs`) and mse_cost = bias2 + variance x cost.
+
+    mse_cost is the MSE at equal cost: with a budget of C passes through f per sample, averaging
+    C / cost independent estimates gives bias2 + variance x cost / C; mse_cost is that at C = 1
+    (the normalisation is common to every estimator, so rankings hold at any budget)."""
+    cost = probe_costs(table)
+    out = table.assign(cost=cost)
+    if {"bias2", "variance"} <= set(table):
+        out["mse_cost"] = pd.to_numeric(table["bias2"], errors="coerce").astype(float) + pd.to_numeric(table["variance"], errors="coerce").astype(float) * cost
+    return out
+
+
+def _winner_cells(data: pd.DataFrame, source: str, bins_per_decade: int) -> pd.DataFrame:
+    """The probes of `source` with a `tau` per cell: a ladder tau as it is (the same for every
+    trial), a current tau at its bin's representative (`tau_bins`); reference estimators out."""
+    data = data[data["source"].astype(str) == source] if "source" in data else data
+    data = data[np.isfinite(pd.to_numeric(data["tau"], errors="coerce").astype(float))]
+    references = [name for name, info in ESTIMATORS_INFO.items() if not info.trains]  # exact: zero error by construction
+    data = data[~data["estimator"].astype(str).isin(references)]
+    tau = pd.to_numeric(data["tau"], errors="coerce").astype(float).to_numpy()
+    tau = tau if source == "ladder" else tau_bins(tau, bins_per_decade)[1]
+    return data.assign(estimator=data["estimator"].astype(str), tau=tau)
+
+
+def _rank_cells(medians: pd.DataFrame, cell: list[str], stat: str) -> pd.DataFrame:
+    """Per cell, the estimator with the least median `stat` and the runner-up (ties: vocab order)."""
+    part = medians[[*cell, "estimator", stat, "cost", "rows"]].dropna(subset=[stat])
+    if part.empty:
+        return pd.DataFrame()
+    part = part.assign(_rank=_estimator_key(part["estimator"])).sort_values([*cell, stat, "_rank"])
+    grouped = part.groupby(cell, sort=True, observed=True, dropna=False)
+    first, second = grouped.nth(0).set_index(cell), grouped.nth(1).set_index(cell)
+    out = pd.DataFrame({"winner": first["estimator"], "value": first[stat], "cost": first["cost"], "n_rows": first["rows"]})
+    out["runner_up"], out["runner_up_value"] = second["estimator"].reindex(out.index), second[stat].reindex(out.index)
+    out["margin"] = out["runner_up_value"] / out["value"].where(out["value"] > 0)
+    out["n_estimators"] = grouped.size()
+    return out.reset_index().assign(stat=stat)
+
+
+def winners_table(
+    probes: pd.DataFrame,
+    *,
+    stats: Sequence[str] = ("mse", "mse_cost"),
+    by: Sequence[str] = ("categories", "target"),
+    source: str | None = None,
+    bins_per_decade: int = 4,
+) -> pd.DataFrame:
+    """Which estimator wins where: per statistic and cell (the `by` columns x tau), the estimator
+    with the least median of that statistic.
+
+    Input: a `probe_means` (or `probes`) table: estimator, source, tau, bias2, variance, mse and
+    the `by` columns (cost and mse_cost are added with `with_cost` when missing). `source`: the
+    ladder probes (fixed temperatures, the same for every trial) when there are any, else the
+    current-tau probes binned with `tau_bins` (None chooses so). The median is over the cell's
+    rows: with probe_means, each replica's (trial x seed) mean over its evaluations at that tau;
+    with probes, every evaluation. Reference estimators (exact) are left out.
+    Output, one row per (stat, by..., tau), stats in the given order, by and tau rising: stat, the
+    by columns, tau, source, winner, value (its median), cost (its mean cost), runner_up,
+    runner_up_value, margin (runner_up_value / value: how clear the win is), n_estimators, n_rows
+    (the winner's rows). A ladder tau is a float; the cells of other grid axes pool.
+    """
+    by = [c for c in by if c in probes]
+    head = ["stat", *by, "tau", "source", "winner", "value", "cost", "runner_up", "runner_up_value", "margin", "n_estimators", "n_rows"]
+    if probes.empty or not {"estimator", "tau"} <= set(probes):
+        return pd.DataFrame(columns=head)
+    data = probes if "mse_cost" in probes else with_cost(probes)
+    if source is None:
+        source = "ladder" if "source" in data and data["source"].astype(str).eq("ladder").any() else "current"
+    data = _winner_cells(data, source, bins_per_decade)
+    stats = [s for s in stats if s in data]
+    if data.empty or not stats:
+        return pd.DataFrame(columns=head)
+    cell = [*by, "tau"]
+    grouped = data.groupby([*cell, "estimator"], sort=True, observed=True, dropna=False)
+    medians = grouped[stats].median().join(grouped["cost"].mean()).join(grouped.size().rename("rows")).reset_index()
+    parts = [_rank_cells(medians, cell, stat) for stat in stats]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.DataFrame(columns=head)
+    out = pd.concat(parts, ignore_index=True).assign(source=source)
+    out["_stat"] = out["stat"].map({s: i for i, s in enumerate(stats)})
+    return out.sort_values(["_stat", *cell])[head].reset_index(drop=True)
 
 
 def _final_rows(evals: pd.DataFrame, complete_only: bool) -> pd.DataFrame:
