@@ -170,8 +170,13 @@ def generator_probabilities(pop) -> Tensor:
 def sample_metrics(pop, tau: Tensor) -> dict[str, Tensor]:
     """Of `eval_samples` samples emitted as the relaxation emits them (its estimator's `emit`):
     vertex_gap = E[1 - max_k y_k]; mean_bias = ||E[y] - p||_1 with E[onehot(argmax)] = p as a
-    control variate (same noise), which removes most of the Monte Carlo noise."""
+    control variate (same noise), which removes most of the Monte Carlo noise. A relaxation that
+    emits one-hots (all but soft) has both exactly 0: nothing is drawn (2,000 samples x K per
+    replica were half of a K = 100 tradeoff trial's evaluation)."""
     R, S, K = pop.R, pop.config.eval_samples, pop.K
+    if pop.estimator.emits_one_hot:  # its samples are the one-hots of argmax(logits + G): both are 0 exactly
+        zero = torch.zeros(R, dtype=pop.dtype, device=pop.device)
+        return {"sample/vertex_gap": zero, "sample/mean_bias": zero.clone()}
     if pop.config.generator == "logits":
         logits = pop.gen_params[0].detach().unsqueeze(1).expand(-1, S, K)  # [R, S, K]
     else:

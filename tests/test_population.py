@@ -508,3 +508,18 @@ def test_a_temperature_probed_twice_is_measured_once(tmp_path, monkeypatch):
     assert calls == [2]  # 0.5 and 2.0
     for stat in ("bias2", "variance", "n"):
         assert row[f"grad/hard/{stat}"] == row[f"ladder/0.5/hard/{stat}"]
+
+
+@pytest.mark.parametrize("relaxation", [r for r in RELAXATIONS if r != "soft"])
+def test_one_hot_samples_have_no_sample_bias_and_draw_nothing(tmp_path, relaxation):
+    """Every relaxation but soft emits the one-hot of argmax(logits + G): vertex_gap and mean_bias
+    are exactly 0, so the evaluation reports 0 without drawing (the evaluation generator is left
+    as it was)."""
+    from study.evaluation import sample_metrics
+
+    pop = Population(_config(tmp_path, relaxation=relaxation), [1, 2])
+    pop.train(2)
+    before = pop.eval_rng.get_state()
+    metrics = sample_metrics(pop, pop.tau())
+    assert torch.equal(pop.eval_rng.get_state(), before)
+    assert all(float(v.abs().max()) == 0.0 for v in metrics.values())
