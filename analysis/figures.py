@@ -5,10 +5,16 @@ seaborn / matplotlib's object API (no pyplot, so no global figure state and no w
 the Agg and PDF canvases). Styles are applied with context managers, never globally. Given `ax`,
 a function draws onto that Axes (of your own figure) and returns its figure: a faceted figure then
 draws the table it is given as one panel (filter the table to one facet first). Colours are
-colour-blind safe: seaborn's "colorblind" palette for categories (estimators, probability
-categories) and cividis for ordered quantities (temperature, tau0). Estimator labels, markers and
-order come from study.vocab. Every function copes with one value per axis (a single `train` run)
-and with large grids; an empty table gives a figure that says there is nothing to show.
+colour-blind safe: seaborn's "colorblind" palette for probability categories and cividis for
+ordered quantities (temperature, tau0). Estimators (12 with exact) get a colour and a marker each,
+both fixed by vocab order, so an estimator looks the same in every figure: the colours are
+seaborn's "colorblind" ten (Okabe-Ito's hues) with its yellow moved last, then black and Paul
+Tol's wine (#882255), yellow last because it is weak on white and exact, the reference, is the one
+estimator the figures rarely draw. Ten colours cannot all stay apart under every colour-vision
+deficiency, so the marker (vocab's, all distinct) carries the identity too, and legends with many
+entries go outside the axes in columns. Estimator labels, markers and order come from
+study.vocab. Every function copes with one value per axis (a single `train` run) and with large
+grids; an empty table gives a figure that says there is nothing to show.
 
     tradeoff_figure            a. bias² vs variance per estimator, coloured by temperature
     tau_sweep_figure           b. bias², variance, MSE against temperature, CI bands
@@ -16,6 +22,7 @@ and with large grids; an empty table gives a figure that says there is nothing t
     learning_curves_figure     d. TV against step per relaxation / tau0, CI bands
     probability_error_figure   e. learned minus true probability per category over training
     schedule_figure            f. the temperature schedules used
+    winners_figure             g. which estimator has the least MSE per tau x target, per estimate and at equal cost
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ __all__ = [
     "schedule_figure",
     "tau_sweep_figure",
     "tradeoff_figure",
+    "winners_figure",
 ]
 
 _EXTRA_MARKERS = ("v", "P", "X", "h", "<", ">")
@@ -110,17 +118,31 @@ def _estimators(names: Sequence[str]) -> list[str]:
     return sorted(set(names), key=rank.get)
 
 
+def _estimator_palette() -> list[tuple]:
+    """12 colours in vocab order (see the module docstring): colorblind without its yellow, black,
+    Tol's wine, then the yellow."""
+    base = sns.color_palette("colorblind", 10)
+    return [*base[:8], base[9], mpl.colors.to_rgb("#000000"), mpl.colors.to_rgb("#882255"), base[8]]
+
+
 def _estimator_styles(names: Sequence[str]) -> dict[str, tuple[tuple, str]]:
-    """estimator -> (colour, marker): vocab's marker and a colour fixed by vocab's order."""
-    palette = sns.color_palette("colorblind", 10)
+    """estimator -> (colour, marker): vocab's marker and a colour fixed by vocab's order; names
+    vocab does not know get seaborn's "dark" colours and spare markers."""
+    palette, spare = _estimator_palette(), sns.color_palette("dark", 10)
     out, extra = {}, 0
     for name in _estimators(names):
         if name in ESTIMATORS_INFO:
-            out[name] = (palette[ESTIMATOR_NAMES.index(name) % 10], ESTIMATORS_INFO[name].marker)
+            i = ESTIMATOR_NAMES.index(name)
+            out[name] = (palette[i] if i < len(palette) else spare[i % 10], ESTIMATORS_INFO[name].marker)
         else:
-            out[name] = (palette[(len(ESTIMATOR_NAMES) + extra) % 10], _EXTRA_MARKERS[extra % len(_EXTRA_MARKERS)])
+            out[name] = (spare[extra % 10], _EXTRA_MARKERS[extra % len(_EXTRA_MARKERS)])
             extra += 1
     return out
+
+
+def _short_label(name: str) -> str:
+    """An estimator's label without its parenthesis: "soft (Gumbel-softmax)" -> "soft"."""
+    return estimator_label(name).split(" (")[0]
 
 
 def _fmt(value: object) -> str:
@@ -175,8 +197,8 @@ def _legend(fig: Figure, ax: Axes, owned: bool, handles: list, **kwargs) -> None
     """Outside the panels on a figure of our own (never over a point), inside the caller's Axes."""
     if owned:
         fig.legend(handles=handles, **kwargs)
-    else:
-        ax.legend(handles=handles, fontsize=8, loc="best")
+    else:  # many entries: two columns, smaller, so that the legend covers less of the data
+        ax.legend(handles=handles, fontsize=8 if len(handles) <= 6 else 6.5, loc="best", ncol=1 if len(handles) <= 6 else 2)
 
 
 def _sorted_facets(data: pd.DataFrame, row: str, col: str) -> tuple[list, list]:
@@ -270,7 +292,7 @@ def tradeoff_figure(table: pd.DataFrame, *, title: str | None = None, show_paret
             handles.append(Line2D([], [], color="0.6", ls="-.", lw=0.8, label="bias² = 0 (exact; off the log scale)"))
         if len(front) > 1:
             handles.append(Line2D([], [], color="black", ls=":", label="Pareto front"))
-        _legend(fig, ax, owned, handles, loc="outside lower center", ncol=3 if len(handles) <= 6 else 2, fontsize=8.5)
+        _legend(fig, ax, owned, handles, loc="outside lower center", ncol=3, fontsize=8.5 if len(handles) <= 9 else 8)
         bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=_SEQ), ax=ax, pad=0.02, shrink=0.9)
         bar.set_label(TAU_LABEL)
         _tau_ticks(bar.ax.yaxis, data["tau"].tolist())
@@ -284,6 +306,7 @@ _SWEEP_PANELS = {
     "bias2": ("bias² (log scale)", "bias²: systematic error"),
     "variance": ("variance (trace of covariance, log scale)", "variance: noise"),
     "mse": ("MSE = bias² + variance (log scale)", "MSE: total error"),
+    "mse_cost": ("bias² + variance × cost (log scale)", "MSE at equal cost"),
 }
 
 
@@ -318,24 +341,26 @@ def _tau_sweep_panel(ax: Axes, table: pd.DataFrame, stat: str, styles: dict) -> 
         ax.set_xlim(min(taus.min(), mid / 2) / 1.3, max(taus.max(), mid * 2) * 1.3)
 
 
-def tau_sweep_figure(table: pd.DataFrame, *, stats: Sequence[str] = ("bias2", "variance", "mse"), title: str | None = None, ax: Axes | None = None) -> Figure:
-    """b. bias², variance and MSE against temperature, one line per estimator, CI bands.
+def tau_sweep_figure(table: pd.DataFrame, *, stats: Sequence[str] = ("bias2", "variance", "mse", "mse_cost"), title: str | None = None, ax: Axes | None = None) -> Figure:
+    """b. bias², variance, MSE and MSE at equal cost against temperature, one line per estimator.
 
-    Input: a `summarize.tradeoff_table`. One panel per statistic of `stats` (with `ax`: the first
-    one, on it). All axes log scale; bands are bootstrap intervals over seeds; the dotted line in
-    the bias² panel is each estimator's noise floor (variance / N).
+    Input: a `summarize.tradeoff_table`. One panel per statistic of `stats` that the table has
+    (with `ax`: the first one, on it); mse_cost = bias² + variance × cost (summarize.with_cost).
+    All axes log scale; bands are bootstrap intervals over seeds; the dotted line in the bias²
+    panel is each estimator's noise floor (variance / N).
     """
     title = title or "Gradient error against temperature"
-    stats = list(stats)[:1] if ax is not None else list(stats)
-    if table.empty or not set(stats) <= set(table):
+    stats = [s for s in stats if s in table]
+    stats = stats[:1] if ax is not None else stats
+    if table.empty or not stats:
         return _empty("no gradient probes to show", title, ax)
     styles = _estimator_styles(table["estimator"].tolist())
     with _style():
         if ax is not None:
             _tau_sweep_panel(ax, table, stats[0], styles)
-            ax.legend(fontsize=8)
+            _legend(ax.figure, ax, False, ax.get_legend_handles_labels()[0])
             return ax.figure
-        fig = Figure(figsize=(4.4 * len(stats), 4.4), layout="constrained")
+        fig = Figure(figsize=(min(4.4 * len(stats), 17.0), 4.4), layout="constrained")
         axes = np.atleast_1d(fig.subplots(1, len(stats), sharex=True))
         for panel, stat in zip(axes, stats):
             _tau_sweep_panel(panel, table, stat, styles)
@@ -667,5 +692,93 @@ def schedule_figure(curves: pd.DataFrame, measured: pd.DataFrame | None = None, 
             handles.append(Line2D([], [], color="0.6", ls=":", label="τ_min floor"))
         _legend(fig, axes[0], ax is None, handles, loc="outside right center", fontsize=9)
         if ax is None:
+            _suptitle(fig, title)
+    return fig
+
+
+# -------------------------------------------------------------------- g. which estimator wins where
+
+_WIN_TITLES = {"mse": "per estimate: MSE", "mse_cost": "at equal cost: bias² + var × cost"}
+
+
+def _ink(colour) -> str:
+    """Black or white, whichever reads on `colour` (relative luminance)."""
+    r, g, b = mpl.colors.to_rgb(colour)
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "white"
+
+
+def _winner_text(row) -> str:
+    margin = f"\n×{row.margin:.3g}" if np.isfinite(row.margin) else ""
+    return _short_label(row.winner) + margin
+
+
+def _winner_panel(ax: Axes, part: pd.DataFrame, targets: list, taus: list, styles: dict, annotate: bool) -> None:
+    """One heatmap: cell (tau, target) coloured by its winner, with the winner's marker, label and
+    margin over the runner-up; empty cells light grey. Small tau at the bottom."""
+    order = list(styles)
+    grid = np.full((len(taus), len(targets)), np.nan)
+    row_of, col_of = {t: i for i, t in enumerate(taus)}, {t: j for j, t in enumerate(targets)}
+    cmap = mpl.colors.ListedColormap([styles[e][0] for e in order]).with_extremes(bad="0.93")
+    for row in part.itertuples(index=False):
+        grid[row_of[row.tau], col_of[row.target]] = order.index(row.winner)
+    ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=-0.5, vmax=len(order) - 0.5, origin="lower", aspect="auto", interpolation="nearest")
+    for row in part.itertuples(index=False):
+        i, j, (colour, marker) = row_of[row.tau], col_of[row.target], styles[row.winner]
+        ink = _ink(colour)
+        ax.scatter([j], [i + (0.2 if annotate else 0.0)], marker=marker, s=48, color=ink, edgecolors=ink, zorder=3)
+        if annotate:
+            ax.text(j, i - 0.08, _winner_text(row), ha="center", va="top", fontsize=7, color=ink, linespacing=1.0, zorder=3)
+    tilt = max(len(str(t)) for t in targets) > 8  # long target specs: tilted, anchored at their cell
+    ax.set_xticks(range(len(targets)), [str(t) for t in targets], rotation=20 if tilt else 0, ha="right" if tilt else "center", rotation_mode="anchor")
+    ax.set_yticks(range(len(taus)), [f"{t:.3g}" for t in taus])
+    ax.set_xticks(np.arange(-0.5, len(targets)), minor=True)
+    ax.set_yticks(np.arange(-0.5, len(taus)), minor=True)
+    ax.grid(False)
+    ax.grid(which="minor", color="white", lw=2)
+    ax.tick_params(which="minor", length=0)
+
+
+def _winner_facets(data: pd.DataFrame, stats: Sequence[str], ax: Axes | None) -> tuple[list, list]:
+    """(K values, stats): one row of panels per K, one column per statistic; with `ax`, the first."""
+    ks = sorted(data["categories"].dropna().unique().tolist()) or [None]
+    stats = [s for s in stats if (data["stat"] == s).any()]
+    return (ks[:1], stats[:1]) if ax is not None else (ks, stats)
+
+
+def winners_figure(table: pd.DataFrame, *, stats: Sequence[str] = ("mse", "mse_cost"), title: str | None = None, ax: Axes | None = None) -> Figure:
+    """g. Which estimator wins where: per temperature (rows) x target (columns), the estimator with
+    the least median MSE, per estimate (left) and at equal cost (right); one row of panels per K.
+
+    Input: a `summarize.winners_table` (stat, categories, target, tau, source, winner, margin).
+    Cell colour and marker: the winner's (fixed per estimator, see the module docstring); the
+    text names it and gives its margin, the runner-up's median over the winner's (×1.0x: a near
+    tie). With `ax`: the first statistic at the first K, on it (filter the table first).
+    """
+    title = title or "Which estimator has the least MSE, per temperature and target"
+    if table.empty or not {"stat", "tau", "winner"} <= set(table):
+        return _empty("no gradient probes to rank", title, ax)
+    data = table.assign(**{c: "" for c in ("target", "categories") if c not in table})
+    data = data.assign(target=data["target"].astype(str), tau=data["tau"].astype(float), winner=data["winner"].astype(str))
+    ks, stats = _winner_facets(data, stats, ax)
+    if not stats:
+        return _empty("no gradient probes to rank", title, ax)
+    styles = _estimator_styles(data["winner"].tolist())
+    targets, taus = sorted(data["target"].unique().tolist()), sorted(data["tau"].unique().tolist())
+    annotate = len(targets) * len(taus) * len(ks) * len(stats) <= 400
+    source = str(data["source"].iloc[0]) if "source" in data else "ladder"
+    with _style():
+        w, h = max(3.4, 1.25 * len(targets) + 1.3) * len(stats) + 2.2, max(2.6, 0.52 * len(taus) + 1.3) * len(ks) + 1.0
+        fig = ax.figure if ax is not None else Figure(figsize=(min(w, 20), min(h, 24)), layout="constrained")
+        axes = np.array([[ax]]) if ax is not None else np.atleast_2d(fig.subplots(len(ks), len(stats), squeeze=False, sharey=True))
+        for i, k in enumerate(ks):
+            for j, stat in enumerate(stats):
+                part = data[(data["stat"] == stat) & ((data["categories"] == k) if k is not None else True)]
+                _winner_panel(axes[i, j], part, targets, taus, styles, annotate)
+                axes[i, j].set_title(_WIN_TITLES.get(stat, stat) + (f" · K = {_fmt(k)}" if len(ks) > 1 or ax is not None and k not in (None, "") else ""), fontsize=10)
+                axes[i, j].set_ylabel(("τ (ladder)" if source == "ladder" else "τ (current, binned)") if j == 0 else "")
+                axes[i, j].set_xlabel("target" if i == len(ks) - 1 else "")
+        if ax is None:
+            handles = [Line2D([], [], lw=0, marker=styles[e][1], markersize=9, markerfacecolor=styles[e][0], markeredgecolor="0.2", label=_short_label(e)) for e in styles]
+            fig.legend(handles=handles, loc="outside right center", fontsize=9, title="winner", ncol=1 if len(handles) <= 12 else 2)
             _suptitle(fig, title)
     return fig

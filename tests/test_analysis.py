@@ -34,7 +34,7 @@ from study.vocab import PROBE_STATS
 from synthetic_record import ESTIMATORS, set_status, trial_dir, write_experiment, write_train_dir
 
 REPO = Path(__file__).resolve().parents[1]
-FIGURE_NAMES = ["tradeoff", "tau_sweep", "final_fit_heatmaps", "learning_curves", "probability_errors", "schedules"]
+FIGURE_NAMES = ["tradeoff", "tau_sweep", "final_fit_heatmaps", "learning_curves", "probability_errors", "schedules", "winners"]
 QUICK = dict(progress=False, n_boot=200, dpi=40, pdf=False)
 
 
@@ -94,7 +94,10 @@ def test_smoke_summaries(smoke):
     t = smoke["tables"]
     trade = t["tradeoff"]
     assert list(trade["estimator"]) == list(ESTIMATORS)  # one ladder tau, display order
-    assert {"tau", "bias2", "bias2_lo", "bias2_hi", "variance", "variance_lo", "variance_hi", "mse", "bias2_floor", "pareto", "n_probes"} <= set(trade)
+    assert {"tau", "bias2", "bias2_lo", "bias2_hi", "variance", "variance_lo", "variance_hi", "mse", "bias2_floor", "pareto", "n_probes", "cost", "mse_cost"} <= set(trade)
+    assert np.allclose(trade["mse_cost"], trade["bias2"] + trade["variance"] * trade["cost"])  # one cost per estimator here
+    win = t["winners"]  # one ladder tau, one target, K = 5: one cell per statistic
+    assert list(win["stat"]) == ["mse", "mse_cost"] and set(win["winner"]) <= set(ESTIMATORS) and (win["source"] == "ladder").all()
     assert ((trade["bias2_lo"] <= trade["bias2"]) & (trade["bias2"] <= trade["bias2_hi"])).all() and trade["pareto"].any()
     assert (trade["n_probes"] == 32).all() and (trade["n_seeds"] == 8).all()
     final = t["final_fit"]
@@ -115,6 +118,7 @@ def test_smoke_figures_have_labelled_axes(smoke):
         F.learning_curves_figure(t["learning_curves"]),
         F.probability_error_figure(t["probability_errors"]),
         F.schedule_figure(t["schedules"], exp.evals),
+        F.winners_figure(t["winners"]),
     ]
     for fig in figs:
         visible = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
@@ -129,8 +133,8 @@ def test_smoke_figures_have_labelled_axes(smoke):
 def test_figures_draw_on_a_given_axes(smoke):
     """Every builder draws onto the caller's Axes (one panel) and returns the caller's figure."""
     t, exp = smoke["tables"], smoke["exp"]
-    fig = Figure(figsize=(15, 8))
-    axes = fig.subplots(2, 3).ravel()
+    fig = Figure(figsize=(20, 8))
+    axes = fig.subplots(2, 4).ravel()
     calls = [
         lambda ax: F.tradeoff_figure(t["tradeoff"], ax=ax),
         lambda ax: F.tau_sweep_figure(t["tradeoff"], stats=["variance"], ax=ax),
@@ -138,6 +142,7 @@ def test_figures_draw_on_a_given_axes(smoke):
         lambda ax: F.learning_curves_figure(t["learning_curves"], ax=ax),
         lambda ax: F.probability_error_figure(t["probability_errors"], ax=ax),
         lambda ax: F.schedule_figure(t["schedules"], exp.evals, ax=ax),
+        lambda ax: F.winners_figure(t["winners"], ax=ax),
     ]
     for ax, call in zip(axes, calls):
         assert call(ax) is fig
@@ -156,7 +161,7 @@ def test_smoke_report_files(smoke):
         assert f'id="fig-{name}"' in html
     assert (out / "figures" / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "figures" / "tradeoff.pdf").read_bytes()[:5] == b"%PDF-"
-    for name in ("trials", "sessions", "hosts", "hosts_summary", "tradeoff", "pareto_front", "final_fit", "best_configs", "failures", "learning_curves", "probability_errors"):
+    for name in ("trials", "sessions", "hosts", "hosts_summary", "tradeoff", "winners", "pareto_front", "final_fit", "best_configs", "failures", "learning_curves", "probability_errors"):
         assert (out / "tables" / f"{name}.csv").exists(), name
     for name in ("trials", "evals", "probe_means", "sessions", "hosts"):
         assert len(pd.read_parquet(out / "data" / f"{name}.parquet")) > 0, name
@@ -169,7 +174,7 @@ def test_smoke_report_files(smoke):
     assert "experiments/smoke.toml --storage" in html and "--num-cpus 2" in html and "Ray 2.60.0" in html and "Python 3." in html
     assert smoke["stdout"].strip() == f"report: {out / 'index.html'}"
     figure_lines = [ln for ln in smoke["progress"] if ln.startswith("figure ")]
-    assert [ln.split(":")[0] for ln in figure_lines] == [f"figure {i}/6" for i in range(1, 7)]
+    assert [ln.split(":")[0] for ln in figure_lines] == [f"figure {i}/{len(FIGURE_NAMES)}" for i in range(1, len(FIGURE_NAMES) + 1)]
     assert smoke["progress"][0].startswith("loading 4 trial directories") and smoke["progress"][-1].startswith("wrote ")
 
 
