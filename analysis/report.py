@@ -54,7 +54,15 @@ class Context:
             "n_est": str(len(self.exp.meta.get("estimators", []))),
             "pooled": f" Cells pool the other grid axes ({', '.join(extra)})." if extra else "",
             "prob_note": self.tables["probability_errors"].attrs.get("note", "every configuration"),
+            "win_taus": _winner_taus(self.tables["winners"]),
         }
+
+
+def _winner_taus(winners: pd.DataFrame) -> str:
+    """The caption's words for figure g's temperatures: the ladder, or binned current temperatures."""
+    if len(winners) and (winners["source"] == "current").all():
+        return "the trials' own temperatures, binned at four per decade (no ladder was probed)"
+    return "the fixed ladder every trial probes"
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,7 @@ class ReportFigure:
     name: str  # file name: figures/<name>.png
     label: str  # progress line and alt text
     build: Callable[[Context], Figure]
-    caption: str  # HTML; {n_est}, {pooled}, {prob_note} filled from Context.words
+    caption: str  # HTML; {n_est}, {pooled}, {prob_note}, {win_taus} filled from Context.words
 
 
 FIGURES = (
@@ -77,7 +85,9 @@ FIGURES = (
     ReportFigure(
         "tau_sweep", "bias², variance and MSE against τ", lambda c: F.tau_sweep_figure(c.tables["tradeoff"]),
         "<b>Where the error comes from, per temperature.</b> bias², variance and MSE of each estimator against the temperature, all on log axes, "
-        "with 95% bootstrap bands over seeds; dotted lines in the bias² panel are each estimator's noise floor (variance / N).",
+        "with 95% bootstrap bands over seeds; dotted lines in the bias² panel are each estimator's noise floor (variance / N). "
+        "The last panel is the MSE at equal cost, bias² + variance × cost, with cost the estimator's passes through f per sample "
+        "(f evaluations plus backward passes): the error of the average of the estimates one budget of compute buys.",
     ),
     ReportFigure(
         "final_fit_heatmaps", "final TV heatmaps", lambda c: F.final_fit_heatmaps(c.tables["final_fit"]),
@@ -99,6 +109,16 @@ FIGURES = (
         "schedules", "temperature schedules", lambda c: F.schedule_figure(c.tables["schedules"], c.exp.evals),
         "<b>The temperature schedules used.</b> τ against step for each distinct schedule (colour: starting temperature; line style: annealing rate), "
         "computed from the schedule formula; dots are the temperatures the trials recorded at their evaluations, and the dotted line is τ_min.",
+    ),
+    ReportFigure(
+        "winners", "which estimator wins where", lambda c: F.winners_figure(c.tables["winners"]),
+        "<b>Which estimator wins where.</b> Each cell is one temperature (row: {win_taus}) and target (column), one row of panels per number of categories K; "
+        "its colour, marker and name are those of the estimator with the least median MSE there (median over the trials' seeds of each seed's mean over its evaluations "
+        "at that temperature). Left: per estimate (MSE = bias² + variance). Right: at equal cost (bias² + variance × cost, cost = f evaluations plus backward passes "
+        "per sample), where a cheap noisy estimator can beat an expensive precise one. ×m under the name is the runner-up's median over the winner's: near 1 is a near tie. "
+        "The exact-moment estimators (tempered ST, gapped ST, ReinMax, ZGR, REINFORCE) have numbers without Monte Carlo noise, computed by enumerating the K categories; "
+        "the others' bias² carries sampling noise of the order of bias2_floor (variance / N), so a win by less than that is no win. <code>tables/winners.csv</code> has every cell "
+        "with its runner-up.{pooled}",
     ),
 )
 
@@ -149,6 +169,7 @@ def build_summaries(exp: Experiment, *, n_boot: int = 2000, alpha: float = 0.05,
     by = config_columns(exp)
     means = exp.probe_means
     has_ladder = len(means) > 0 and bool((means["source"] == "ladder").any())
+    means = S.with_cost(means)  # cost and mse_cost, the MSE at equal cost, per probe row
     tradeoff = S.tradeoff_table(means, source="ladder" if has_ladder else "current", n_boot=n_boot, alpha=alpha, seed=seed)
     final = S.final_fit_table(exp.evals, by=by, n_boot=n_boot, alpha=alpha, seed=seed)
     chosen, note = _probability_configs(exp.evals, final, by)
@@ -158,6 +179,7 @@ def build_summaries(exp: Experiment, *, n_boot: int = 2000, alpha: float = 0.05,
     prob.attrs["note"] = note
     return {
         "tradeoff": tradeoff,
+        "winners": S.winners_table(means, source="ladder" if has_ladder else "current"),
         "pareto_front": S.pareto_front(tradeoff) if len(tradeoff) else tradeoff,
         "final_fit": final,
         "best_configs": S.best_configs(final, "fit/tv", group="target") if len(final) else final,
@@ -175,12 +197,14 @@ def _tables_html(ctx: Context) -> str:
     metric_cols = ["n_seeds", "n_diverged", *(c for m in fits for c in (m, f"{m}_lo", f"{m}_hi"))]
     view = lambda frame, cols: P.ci_columns(frame[[c for c in [*by, *cols] if c in frame]], fits) if len(frame) else frame  # noqa: E731
     trade = t["tradeoff"]
-    trade_cols = ["estimator", "tau", "tau_lo", "tau_hi", "n_seeds", *(c for s in ("bias2", "variance", "mse") for c in (s, f"{s}_lo", f"{s}_hi")), "bias2_floor", "bias2_excess", "cosine", "pareto"]
-    trade_view = P.ci_columns(trade[[c for c in trade_cols if c in trade]], ["bias2", "variance", "mse"]) if len(trade) else trade
+    stats = ["bias2", "variance", "mse", "mse_cost"]
+    trade_cols = ["estimator", "tau", "tau_lo", "tau_hi", "n_seeds", "cost", *(c for s in stats for c in (s, f"{s}_lo", f"{s}_hi")), "bias2_floor", "bias2_excess", "cosine", "pareto"]
+    trade_view = P.ci_columns(trade[[c for c in trade_cols if c in trade]], [s for s in stats if s in trade]) if len(trade) else trade
     return "\n".join([
         "<h3>Best configuration per target (lowest mean final TV)</h3>", P.table_html(view(t["best_configs"], [*metric_cols, "rank_of"]), csv="tables/best_configs.csv"),
         "<h3>Bias-variance tradeoff per estimator and temperature</h3>",
-        P.table_html(trade_view, max_rows=120, csv="tables/tradeoff.csv", note="Mean over seeds [95% bootstrap interval]; <code>pareto</code> marks the Pareto front of (bias², variance)."),
+        P.table_html(trade_view, max_rows=120, csv="tables/tradeoff.csv", note="Mean over seeds [95% bootstrap interval]; <code>cost</code>: passes through f per sample of an estimate (f evaluations plus backward passes); "
+                     "<code>mse_cost</code> = bias² + variance × cost, the MSE at equal cost; <code>pareto</code> marks the Pareto front of (bias², variance)."),
         "<h3>Final fit per configuration (sorted by TV)</h3>",
         P.table_html(view(t["final_fit"].sort_values("fit/tv") if len(t["final_fit"]) else t["final_fit"], metric_cols), csv="tables/final_fit.csv", note="Completed trials only; mean over seeds [95% bootstrap interval]."),
         '<h3 id="parcoords-view">Final fit over every axis (interactive)</h3>', PC.parcoords_html(ctx.exp.trials, ctx.exp.meta.get("grid", {})),
