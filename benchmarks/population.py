@@ -32,7 +32,7 @@ of one sample costs F = 2 * sum_i w_i * w_{i+1} FLOPs; F_1 = 2 K w_1 is the firs
 - executed, what the population's matmuls actually run: the D step needs no input gradient of
   its first layer and a G step no weight gradients of D; and when K < B the D step feeds the
   real half (one-hots, B samples of at most K values) as the K unit vectors weighted by their
-  counts (Population._d_inputs), so it runs on d_rows = K + B rows instead of 2 B:
+  counts (population.discriminator_inputs), so it runs on d_rows = K + B rows instead of 2 B:
       executed = d_rows (3 F - F_1) + g_steps * B * 2 F
   `executed_pct` = executed x replica-steps/s / peak: the hardware's share.
 Rows with d_rows = 2B are the same population with distinct_rows=False (--full-batch), so the
@@ -152,7 +152,7 @@ def flops_per_replica_step(
     fwd = 2.0 * sum(macs)  # forward FLOPs per sample
     first = 2.0 * macs[0]  # the first layer's share, whose input gradient the D step never needs
     nominal = 3.0 * fwd * (2 * batch + g_steps * batch)
-    # The D step feeds the real half (one-hots) as K weighted rows when K < B (Population._d_inputs);
+    # The D step feeds the real half (one-hots) as K weighted rows when K < B (population.discriminator_inputs);
     # the benchmark's fakes are soft, so their B rows stay.
     d_rows = (min(categories, batch) if distinct_rows else batch) + batch
     d_executed = d_rows * (fwd + fwd + (fwd - first))  # forward + weight grads + input grads of layers 2..

@@ -12,7 +12,7 @@ Shapes: R replicas, B batch, K categories, Z generator noise, H hidden width.
   Adam over the stacked tensors equals R independent Adams (Adam is elementwise).
 - The D step's one-hot halves (the real samples; the fake ones too unless the relaxation is soft)
   take at most K distinct values, so when K < B they are fed as the K unit vectors weighted by
-  their counts: the same loss and gradient from K rows instead of B (`_d_inputs`). For the same
+  their counts: the same loss and gradient from K rows instead of B (`discriminator_inputs`). For the same
   reason a G step with one-hot samples evaluates D at the K vertices and gathers.
 - The relaxation, the temperature schedule and the target are the trial's: the replicas differ in
   their seed only.
@@ -42,7 +42,7 @@ from study.random_blocks import RandomBlocks, StepLayout, StepNumbers, normal_fr
 from study.rebar import control_generator_loss, make_control
 from study.targets import parse_target
 
-__all__ = ["Population"]
+__all__ = ["Population", "discriminator_inputs"]
 
 _EVAL_SEED_OFFSET = 0x5EED_E7A1  # the evaluation RNG's seed is seeds[0] + this
 
@@ -85,7 +85,7 @@ class Population:
     """R replicas of (generator, discriminator) trained in lockstep."""
 
     def __init__(self, config: TrialConfig, seeds: list[int], *, device: torch.device | str = "cpu", distinct_rows: bool = True):
-        """`distinct_rows=False` feeds the D step all 2B rows even when K < B (see _d_inputs): the
+        """`distinct_rows=False` feeds the D step all 2B rows even when K < B (see discriminator_inputs): the
         same training, slower; for benchmarks and tests."""
         if not seeds:
             raise ValueError("a population needs at least one seed")
@@ -179,7 +179,7 @@ class Population:
         numbers = self.random_blocks.next_step()
         tau = self.tau()  # [R]
         # 1. discriminator
-        x, weights, n_real = self._d_inputs(numbers, tau)  # [R, n + m, K], [R, n + m]
+        x, weights, n_real = discriminator_inputs(self, numbers, tau)  # [R, n + m, K], [R, n + m]
         d_loss, grads = discriminator.d_step(x, self._disc_detached(), weights, n_real)  # [R], grads of its sum
         for p, grad in zip(self.disc_params, grads):
             p.grad = grad
@@ -205,47 +205,6 @@ class Population:
             return None
         e = numbers.take("noise", (2, self.B, self.config.gen_noise_dim))  # ~Exp(1), [R, 2, B, Z]
         return normal_from_exponentials(e[:, 0], e[:, 1])  # ~N(0, 1), [R, B, Z]
-
-    def _real_index(self, numbers: StepNumbers) -> Tensor:
-        """The categories of the real samples [R, B]: draws from the target, or its stream."""
-        u = numbers.take("real", (self.B,))  # ~Exp(1), [R, B]
-        u = torch.exp(-u).clamp_min(torch.finfo(u.dtype).tiny)  # ~U(0, 1]
-        index = torch.searchsorted(self._target_cdf, u.contiguous())  # [R, B]
-        if self._stream is not None:
-            n = self._stream.numel()
-            pos = (self.stream_pos.unsqueeze(1) + torch.arange(self.B)) % n  # [R, B]
-            index = self._stream[pos.to(self._stream.device)]  # arrival order, cycling
-            self.stream_pos = (self.stream_pos + self.B) % n
-        return index.clamp_max(self.K - 1)
-
-    def _d_inputs(self, numbers: StepNumbers, tau: Tensor) -> tuple[Tensor, Tensor, int]:
-        """The discriminator step's inputs x [R, n + m, K] (n real rows, then m fake rows), the loss
-        weight of each row [R, n + m], and n.
-
-        Real samples are one-hots, and so are the fake ones of every relaxation but soft: B of them
-        take at most K distinct values. When K < B such a half is fed as the K unit vectors, each
-        weighted by how often it was drawn (count / B): the same loss and gradient as B rows weighted
-        1 / B, from K rows instead of B."""
-        B, K = self.B, self.K
-        index = self._real_index(numbers)  # [R, B]
-        if self.distinct_rows:
-            ones = torch.ones(index.shape, dtype=self.dtype, device=self.device)  # [R, B]
-            counts = torch.zeros(self.R, K, dtype=self.dtype, device=self.device).scatter_add_(1, index, ones)  # [R, K]
-            real, real_w = self._unit_rows(), counts / B  # [R, K, K], [R, K]
-        else:
-            real, real_w = one_hot(index, K, self.dtype), self._uniform_weights()  # [R, B, K], [R, B]
-        eps = self.config.label_smoothing
-        if eps > 0:
-            real = real * (1.0 - eps) + eps / K
-        with torch.no_grad():
-            logits = self.generator_logits(self._generator_noise(numbers))  # [R, 1|B, K]
-            draw = self.estimator.draw(logits, numbers.exponentials, (self.R, B, K), emit_only=True, **self.estimator_options)
-            fake = self.estimator.emit(logits, draw, tau.view(-1, 1, 1))  # [R, B, K]
-        if self.distinct_rows and self.vertex_emits:
-            fake, fake_w = self._unit_rows(), fake.sum(dim=1) / B  # [R, K, K], [R, K]
-        else:
-            fake_w = self._uniform_weights()  # [R, B]
-        return torch.cat([real, fake], dim=1), torch.cat([real_w, fake_w], dim=1), real.shape[1]
 
     def _unit_rows(self) -> Tensor:
         return torch.eye(self.K, dtype=self.dtype, device=self.device).expand(self.R, self.K, self.K)  # [R, K, K]
@@ -341,3 +300,48 @@ class Population:
         self.step = int(state["step"])
         step, tau = state.get("tau_anchor", (0, self.config.tau0))  # older checkpoints: the schedule from step 0
         self.set_tau_anchor(step, tau)
+
+
+# ---------------------------------------------------------------------- the discriminator step's inputs
+
+
+def _real_index(self: Population, numbers: StepNumbers) -> Tensor:
+    """The categories of the real samples [R, B]: draws from the target, or its stream."""
+    u = numbers.take("real", (self.B,))  # ~Exp(1), [R, B]
+    u = torch.exp(-u).clamp_min(torch.finfo(u.dtype).tiny)  # ~U(0, 1]
+    index = torch.searchsorted(self._target_cdf, u.contiguous())  # [R, B]
+    if self._stream is not None:
+        n = self._stream.numel()
+        pos = (self.stream_pos.unsqueeze(1) + torch.arange(self.B)) % n  # [R, B]
+        index = self._stream[pos.to(self._stream.device)]  # arrival order, cycling
+        self.stream_pos = (self.stream_pos + self.B) % n
+    return index.clamp_max(self.K - 1)
+
+def discriminator_inputs(self: Population, numbers: StepNumbers, tau: Tensor) -> tuple[Tensor, Tensor, int]:
+    """The discriminator step's inputs x [R, n + m, K] (n real rows, then m fake rows), the loss
+    weight of each row [R, n + m], and n.
+
+    Real samples are one-hots, and so are the fake ones of every relaxation but soft: B of them
+    take at most K distinct values. When K < B such a half is fed as the K unit vectors, each
+    weighted by how often it was drawn (count / B): the same loss and gradient as B rows weighted
+    1 / B, from K rows instead of B."""
+    B, K = self.B, self.K
+    index = _real_index(self, numbers)  # [R, B]
+    if self.distinct_rows:
+        ones = torch.ones(index.shape, dtype=self.dtype, device=self.device)  # [R, B]
+        counts = torch.zeros(self.R, K, dtype=self.dtype, device=self.device).scatter_add_(1, index, ones)  # [R, K]
+        real, real_w = self._unit_rows(), counts / B  # [R, K, K], [R, K]
+    else:
+        real, real_w = one_hot(index, K, self.dtype), self._uniform_weights()  # [R, B, K], [R, B]
+    eps = self.config.label_smoothing
+    if eps > 0:
+        real = real * (1.0 - eps) + eps / K
+    with torch.no_grad():
+        logits = self.generator_logits(self._generator_noise(numbers))  # [R, 1|B, K]
+        draw = self.estimator.draw(logits, numbers.exponentials, (self.R, B, K), emit_only=True, **self.estimator_options)
+        fake = self.estimator.emit(logits, draw, tau.view(-1, 1, 1))  # [R, B, K]
+    if self.distinct_rows and self.vertex_emits:
+        fake, fake_w = self._unit_rows(), fake.sum(dim=1) / B  # [R, K, K], [R, K]
+    else:
+        fake_w = self._uniform_weights()  # [R, B]
+    return torch.cat([real, fake], dim=1), torch.cat([real_w, fake_w], dim=1), real.shape[1]

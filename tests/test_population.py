@@ -7,7 +7,7 @@ import torch
 
 from study import discriminator
 from study.config import TrialConfig
-from study.population import Population
+from study.population import Population, discriminator_inputs
 from study.train import Trial, load_state, save_state
 from study.vocab import ESTIMATORS_INFO, RELAXATIONS
 
@@ -80,7 +80,7 @@ def test_chunked_discriminator_passes_match_one_pass(tmp_path, case, monkeypatch
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_distinct_one_hot_rows_match_the_full_batch(tmp_path, case):
-    """The D step feeds B one-hot samples as K weighted unit vectors when K < B (_d_inputs): the
+    """The D step feeds B one-hot samples as K weighted unit vectors when K < B (discriminator_inputs): the
     same loss and gradients as the B rows, so training must not change. CASES have K = 4 < B = 8;
     in the soft case only the real half is one-hot, so only it is reduced."""
     cfg = _config(tmp_path, **CASES[case])
@@ -89,8 +89,8 @@ def test_distinct_one_hot_rows_match_the_full_batch(tmp_path, case):
     dedup = Population(cfg, seeds)
     assert dedup.distinct_rows and not full.distinct_rows
     assert dedup.vertex_fakes == (cfg.relaxation != "soft")
-    x_full, _, _ = full._d_inputs(full.random_blocks.next_step(), full.tau())
-    x_dedup, w_dedup, n_real = dedup._d_inputs(dedup.random_blocks.next_step(), dedup.tau())
+    x_full, _, _ = discriminator_inputs(full, full.random_blocks.next_step(), full.tau())
+    x_dedup, w_dedup, n_real = discriminator_inputs(dedup, dedup.random_blocks.next_step(), dedup.tau())
     B, K = cfg.batch_size, cfg.categories
     assert x_full.shape[1] == 2 * B
     assert n_real == K and x_dedup.shape[1] == K + (K if dedup.vertex_fakes else B)
@@ -115,7 +115,7 @@ def test_generator_loss_on_vertices_matches_full_batch(tmp_path, relaxation):
     for distinct in (False, True):
         pop = Population(cfg, [5, 6], distinct_rows=distinct)
         numbers, tau = pop.random_blocks.next_step(), pop.tau()
-        pop._d_inputs(numbers, tau)  # the D step's draws come first in a step's layout
+        discriminator_inputs(pop, numbers, tau)  # the D step's draws come first in a step's layout
         loss, surrogate = pop._generator_loss(numbers, tau)
         results.append((loss, torch.autograd.grad(surrogate.sum(), pop.gen_params)))
     (loss_full, grads_full), (loss_dedup, grads_dedup) = results
@@ -372,7 +372,7 @@ def test_training_gradient_is_the_estimators_estimate(tmp_path, relaxation, dist
     numbers, tau = pop.random_blocks.next_step(), pop.tau()
     control = None if pop.control is None else pop.control.detached()  # the values this step's estimate uses
     segments = _g_step_segments(pop, numbers.row)
-    pop._d_inputs(numbers, tau)
+    discriminator_inputs(pop, numbers, tau)
     _, surrogate = pop._generator_loss(numbers, tau)
     (trained,) = torch.autograd.grad(surrogate.sum(), pop.gen_params)  # [R, K]
 
