@@ -29,11 +29,12 @@ from matplotlib.figure import Figure
 
 from analysis import figures as F
 from analysis import page as P
+from analysis import pbt as PB
 from analysis import parcoords as PC
 from analysis import summarize as S
 from analysis.load import Experiment, load_runs, save_parquet
 
-__all__ = ["FIGURES", "ReportFigure", "build_summaries", "default_out", "write_report"]
+__all__ = ["FIGURES", "PBT_FIGURES", "ReportFigure", "build_summaries", "default_out", "report_figures", "write_report"]
 
 _CORE_AXES = ("target", "relaxation", "tau0", "anneal_rate")
 _ALL_PANELS = 8  # probability-error figure: every configuration up to this many, else the best ones
@@ -123,6 +124,23 @@ FIGURES = (
 )
 
 
+# Only for a report of a run that used scheduler = "pbt" (analysis.pbt).
+PBT_FIGURES = (
+    ReportFigure(
+        "learned_schedules", "learned temperature schedules (PBT)", lambda c: PB.learned_schedules_figure(c.tables["pbt_schedules"], c.tables["pbt_references"]),
+        "<b>The temperature schedules PBT learned.</b> τ against step along each trial's lineage: the chain of checkpoints its final parameters descend from "
+        "(the donor's schedule up to each exploit, then the trial's own, restarted at the exploit from its perturbed τ and annealed at its perturbed rate), "
+        "computed from the schedule formula of each segment. The surviving trials, the top PBT quantile by final TV (mean over seeds), are in colour; "
+        "the others thin grey; the hand-written schedules the population started from are dashed.",
+    ),
+)
+
+
+def report_figures(tables: dict[str, pd.DataFrame]) -> tuple[ReportFigure, ...]:
+    """The figures of this report: FIGURES, and PBT_FIGURES when a run used PBT."""
+    return FIGURES + (PBT_FIGURES if "pbt_schedules" in tables else ())
+
+
 def _say(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
     if callable(progress):
         return progress
@@ -177,7 +195,9 @@ def build_summaries(exp: Experiment, *, n_boot: int = 2000, alpha: float = 0.05,
     prob = S.grouped_ci(errors, list(dict.fromkeys([*by, "categories", "step", "category"])), "error", n_boot=min(n_boot, 1000), alpha=alpha, seed=seed)
     prob = _order_configs(prob, by)
     prob.attrs["note"] = note
+    pbt = PB.pbt_tables(exp, n_boot=n_boot, alpha=alpha, seed=seed) if PB.used_pbt(exp) else {}
     return {
+        **pbt,
         "tradeoff": tradeoff,
         "winners": S.winners_table(means, source="ladder" if has_ladder else "current"),
         "pareto_front": S.pareto_front(tradeoff) if len(tradeoff) else tradeoff,
@@ -201,6 +221,7 @@ def _tables_html(ctx: Context) -> str:
     trade_cols = ["estimator", "tau", "tau_lo", "tau_hi", "n_seeds", "cost", *(c for s in stats for c in (s, f"{s}_lo", f"{s}_hi")), "bias2_floor", "bias2_excess", "cosine", "pareto"]
     trade_view = P.ci_columns(trade[[c for c in trade_cols if c in trade]], [s for s in stats if s in trade]) if len(trade) else trade
     return "\n".join([
+        *_pbt_tables_html(t),
         "<h3>Best configuration per target (lowest mean final TV)</h3>", P.table_html(view(t["best_configs"], [*metric_cols, "rank_of"]), csv="tables/best_configs.csv"),
         "<h3>Bias-variance tradeoff per estimator and temperature</h3>",
         P.table_html(trade_view, max_rows=120, csv="tables/tradeoff.csv", note="Mean over seeds [95% bootstrap interval]; <code>cost</code>: passes through f per sample of an estimate (f evaluations plus backward passes); "
@@ -209,6 +230,16 @@ def _tables_html(ctx: Context) -> str:
         P.table_html(view(t["final_fit"].sort_values("fit/tv") if len(t["final_fit"]) else t["final_fit"], metric_cols), csv="tables/final_fit.csv", note="Completed trials only; mean over seeds [95% bootstrap interval]."),
         '<h3 id="parcoords-view">Final fit over every axis (interactive)</h3>', PC.parcoords_html(ctx.exp.trials, ctx.exp.meta.get("grid", {})),
     ])
+
+
+def _pbt_tables_html(t: dict[str, pd.DataFrame]) -> list[str]:
+    if "pbt_comparison" not in t:
+        return []
+    table = t["pbt_comparison"]
+    note = ("Final TV at the last step, mean over seeds [95% bootstrap interval over seeds], of the best PBT trial against " + table.attrs.get("note", "")
+            + ". Both sides are the best of their population, so both are selected on the same seeds; replica_steps is each side's compute.")
+    return ["<h3>PBT against hand-written schedules at equal compute</h3>",
+            P.table_html(P.ci_columns(table, ["fit/tv"]) if len(table) else table, csv="tables/pbt_comparison.csv", note=P.esc(note))]
 
 
 def _sections(ctx: Context, figures: str, out: Path, seconds: float) -> dict[str, str]:
@@ -279,8 +310,9 @@ def write_report(
     say(f"tables: {_write_tables(exp, tables, out)} CSV files in {out / 'tables'}")
     ctx = Context(exp, tables, config_columns(exp))
     figures = []
-    for i, spec in enumerate(FIGURES, start=1):
-        say(f"figure {i}/{len(FIGURES)}: {spec.label} -> figures/{spec.name}.png{', .pdf' if pdf else ''}")
+    chosen = report_figures(tables)
+    for i, spec in enumerate(chosen, start=1):
+        say(f"figure {i}/{len(chosen)}: {spec.label} -> figures/{spec.name}.png{', .pdf' if pdf else ''}")
         figures.append(_write_figure(i, spec, ctx, out, dpi, pdf))
     index = out / "index.html"
     index.write_text(P.page(exp, **_sections(ctx, "".join(figures), out, time.perf_counter() - started)), encoding="utf-8")

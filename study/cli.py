@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 from study import preflight
-from study.config import ConfigError, StudySpec, load_spec, parse_overrides
+from study.config import PBT_MUTABLE, ConfigError, StudySpec, load_spec, parse_overrides
 
 EXIT_BAD_INPUT = 2
 COMMANDS_GROUP = "gumbel_study.commands"  # entry points that add subcommands (analysis adds `report`)
@@ -67,6 +67,14 @@ def _format_grid(spec: StudySpec) -> str:
         lines.append(f"  scheduler:     asha on step, {tune.mode} {tune.metric}: grace {a.grace_steps}, max {a.max_steps}, "
                      f"reduction factor {a.reduction_factor:g}, {a.brackets} bracket{'s' if a.brackets > 1 else ''}")
         lines.append(f"                 rungs at step {rungs} (judged at the first evaluation at or after each)")
+    if search.pbt:
+        p = search.pbt
+        lines.append(f"  scheduler:     pbt on step, {tune.mode} {tune.metric}: every {p.interval} steps the bottom {p.quantile:g} "
+                     f"continue from the top {p.quantile:g}'s checkpoints, resample probability {p.resample_probability:g}"
+                     f"{', synchronous' if p.synch else ', asynchronous'}")
+        for name, dist in p.mutations.items():
+            field = f" (field {PBT_MUTABLE[name]})" if PBT_MUTABLE[name] != name else ""
+            lines.append(f"    {name:<14} {dist.describe()}{field}")
     if tune.loggers:
         where = {
             "mlflow": f"mlflow ({tune.mlflow_uri or 'MLFLOW_TRACKING_URI, else sqlite:///STORAGE/' + spec.name + '/mlflow.db'}, experiment {spec.name!r})",

@@ -230,7 +230,7 @@ class PbtSpec:
     interval: int = 0  # discriminator steps between perturbations, a multiple of eval_every; 0: eval_every
     quantile: float = 0.25  # fraction of the population that exploits (bottom) and is cloned (top)
     resample_probability: float = 0.25  # a mutated value is redrawn with this chance, else scaled by 0.8 or 1.2
-    synch: bool = True  # every trial reaches each perturbation step before any exploits: donors at the same step
+    synch: bool = False  # true: every trial waits at each perturbation step for all (Tune pauses and restarts each: slow)
     mutations: dict[str, Distribution] = field(default_factory=dict)  # mutable key (PBT_MUTABLE) -> distribution
 
     @property

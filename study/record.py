@@ -8,6 +8,10 @@ own directory. `gumbel-study train` and a Tune trial write the same record; anal
                                          estimator, source ("current" | "ladder"), tau, and
                                          vocab.PROBE_STATS
     TRIAL/record/host-<step>.json        where the trial ran from `step` on: host, device, GPU
+    TRIAL/record/pbt-<step>.json         PBT: from `step` on, the trial's mutable fields (new) and
+                                         the temperature its schedule starts from (tau_anchor); at
+                                         step 0 its own, later the perturbed values of the checkpoint
+                                         it continued from (donor, donor_dir; its values: old)
 
 One file per evaluation step, written when the evaluation ends (so a trial stopped early by a
 scheduler keeps every row it reported), to a temporary name and renamed, so that a reader never sees
@@ -37,7 +41,7 @@ import torch
 from study.evaluation import Evaluation
 from study.vocab import EVAL_KEYS, PROBE_STATS
 
-__all__ = ["RECORD_DIR", "evals_table", "probes_table", "write_evaluation", "write_host", "write_params"]
+__all__ = ["RECORD_DIR", "drop_exploits_after", "evals_table", "probes_table", "write_evaluation", "write_exploit", "write_host", "write_params"]
 
 RECORD_DIR = "record"
 PARAMS_FILE = "params.json"
@@ -138,3 +142,17 @@ def write_host(directory: str | Path, step: int, device: torch.device) -> None:
     info = {"host": socket.gethostname(), "pid": os.getpid(), "from_step": step, **device_description(device)}
     text = json.dumps(info, indent=2) + "\n"
     _atomic_write(Path(directory) / RECORD_DIR / _name("host", step, "json"), lambda tmp: tmp.write_text(text))
+
+
+def write_exploit(directory: str | Path, step: int, exploit: dict[str, Any]) -> None:
+    """A PBT lineage entry: from `step` on, the trial's mutable values and where they came from."""
+    text = json.dumps({"step": int(step), **exploit}, indent=2) + "\n"
+    _atomic_write(Path(directory) / RECORD_DIR / _name("pbt", step, "json"), lambda tmp: tmp.write_text(text))
+
+
+def drop_exploits_after(directory: str | Path, step: int) -> None:
+    """A trial restored at `step` trains its later steps again: lineage entries after it are void
+    (its evaluation files after `step` are rewritten as it goes)."""
+    for path in (Path(directory) / RECORD_DIR).glob("pbt-*.json"):
+        if int(path.stem.split("-")[1]) > step:
+            path.unlink(missing_ok=True)

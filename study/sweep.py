@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -32,11 +33,11 @@ from ray import tune
 from ray._private import ray_constants
 from ray.tune import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, SyncConfig, TuneConfig, Tuner
 
-from study.config import ConfigError, StudySpec, TrialConfig
+from study.config import PBT_MUTABLE, ConfigError, StudySpec, TrialConfig
 from study.evaluation import Evaluation
 from study.preflight import check_writable
 from study.provenance import append_session, session_info
-from study.record import write_evaluation, write_host
+from study.record import drop_exploits_after, write_evaluation, write_exploit, write_host
 from study.train import Trial, lean_metrics, load_state, save_state
 
 __all__ = ["param_space", "run_study", "trainable"]
@@ -58,11 +59,14 @@ def trainable(config: dict[str, Any]) -> None:
     cpus = max(1, int(config.get("cpus", 1)))
     torch.set_num_threads(cpus)  # the trial's CPU share, not the whole node
     trial = Trial(cfg, int(config["seeds"]))
+    directory = tune.get_context().get_trial_dir()  # synced to storage with the checkpoints
+    pbt_interval = int(config.get("pbt_interval", 0))  # PBT clones checkpoints at these steps
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            load_state(trial, directory)
-    directory = tune.get_context().get_trial_dir()  # synced to storage with the checkpoints
+        with checkpoint.as_directory() as checkpoint_dir:
+            _restore(trial, checkpoint_dir, directory)
+    elif pbt_interval:  # the lineage's first segment: the trial's own starting values
+        write_exploit(directory, 0, _lineage_entry(trial, {}, None))
     write_host(directory, trial.step, trial.population.device)
     every = int(config.get("checkpoint_every", 1))
     evaluations = {"count": 0}
@@ -71,14 +75,53 @@ def trainable(config: dict[str, Any]) -> None:
         write_evaluation(directory, evaluation, trial.time_s)
         metrics = lean_metrics(evaluation, cfg.relaxation)
         evaluations["count"] += 1
-        if evaluations["count"] % every == 0 or evaluation.step >= cfg.steps or trial.diverged:
+        at_perturbation = pbt_interval > 0 and evaluation.step % pbt_interval == 0
+        if evaluations["count"] % every == 0 or at_perturbation or evaluation.step >= cfg.steps or trial.diverged:
             with tempfile.TemporaryDirectory(prefix="gumbel-ckpt-") as checkpoint_dir:
                 save_state(trial, checkpoint_dir)
+                _write_owner(checkpoint_dir)
                 tune.report(metrics, checkpoint=Checkpoint.from_directory(checkpoint_dir))
         else:
             tune.report(metrics)
 
     trial.run(on_eval)
+
+
+_OWNER_FILE = "owner.json"  # in a checkpoint: the trial that wrote it (a PBT exploit's donor)
+
+
+def _write_owner(checkpoint_dir: str) -> None:
+    context = tune.get_context()
+    owner = {"trial_id": context.get_trial_id(), "trial_dir": Path(context.get_trial_dir()).name}
+    Path(checkpoint_dir, _OWNER_FILE).write_text(json.dumps(owner) + "\n")
+
+
+def _restore(trial: Trial, checkpoint_dir: str, trial_dir: str) -> None:
+    """Load the checkpoint; when it was written for other values of PBT's mutable fields (a PBT
+    exploit: another trial's checkpoint, our perturbed config), record that in the trial record."""
+    written_for = load_state(trial, checkpoint_dir)
+    drop_exploits_after(trial_dir, trial.step)  # a lineage this trial no longer follows
+    fields = [f for f in PBT_MUTABLE.values() if written_for.get(f) != getattr(trial.config, f)]
+    if not fields:
+        return  # our own checkpoint: a retry, a resume, or a paused trial going on
+    owner_file = Path(checkpoint_dir, _OWNER_FILE)
+    owner = json.loads(owner_file.read_text()) if owner_file.exists() else {}
+    write_exploit(trial_dir, trial.step, _lineage_entry(trial, written_for, owner))
+    # The record at this step becomes the model the trial now continues, at its new temperature
+    # (Tune is not told: it has the donor's result). The donor may have been ahead: then the
+    # record has no rows between this trial's own last evaluation and this step.
+    write_evaluation(trial_dir, trial.population.evaluate(), trial.time_s)
+
+
+def _lineage_entry(trial: Trial, written_for: dict[str, Any], owner: dict[str, Any] | None) -> dict[str, Any]:
+    """The trial record's pbt-<step>.json: from this step on, the trial's mutable values (`new`),
+    and the checkpoint it continued (the donor's trial and values, `old`; none at step 0)."""
+    step, tau = trial.population.tau_anchor
+    return {
+        "trial_id": tune.get_context().get_trial_id(), "donor": (owner or {}).get("trial_id"), "donor_dir": (owner or {}).get("trial_dir"),
+        "old": {f: written_for.get(f) for f in PBT_MUTABLE.values()} if owner is not None else None,
+        "new": {f: getattr(trial.config, f) for f in PBT_MUTABLE.values()}, "tau_anchor": [step, tau],
+    }
 
 
 def param_space(spec: StudySpec) -> dict[str, Any]:
@@ -88,6 +131,8 @@ def param_space(spec: StudySpec) -> dict[str, Any]:
         space[axis] = tune.grid_search([list(v) if isinstance(v, tuple) else v for v in values])
     space.update(search_domains(spec))
     space.update(seeds=spec.seeds, checkpoint_every=spec.tune.checkpoint_every, cpus=spec.resources.cpus)
+    if spec.search.pbt is not None:  # the trainable checkpoints at every perturbation; analysis reads both
+        space.update(pbt_interval=spec.search.pbt.interval, pbt_quantile=spec.search.pbt.quantile)
     return space
 
 
@@ -214,9 +259,11 @@ def searched_dirname(trial) -> str:
 
 
 def scheduler(spec: StudySpec):
-    """ASHA on `step` (discriminator steps, in every report), or None (FIFO: every trial to its end).
-    A trial ASHA stops ends as TERMINATED at the evaluation it was judged on: its record holds
-    every step up to that one (written before the report), and nothing after."""
+    """ASHA or PBT on `step` (discriminator steps, in every report), or None (FIFO: every trial to
+    its end). A trial ASHA stops ends as TERMINATED at the evaluation it was judged on: its record
+    holds every step up to that one (written before the report), and nothing after."""
+    if spec.search.pbt is not None:
+        return pbt_scheduler(spec)
     asha = spec.search.asha
     if asha is None:
         return None
@@ -228,6 +275,50 @@ def scheduler(spec: StudySpec):
         grace_period=asha.grace_steps,
         reduction_factor=asha.reduction_factor,
         brackets=asha.brackets,
+    )
+
+
+class ClipMutations:
+    """Tune's PBT scales a continuous value by 0.8 or 1.2 with no regard for its distribution's
+    bounds: clip each to them, so that every perturbed config is one `check` validated."""
+
+    def __init__(self, bounds: dict[str, tuple[float, float]]):
+        self.bounds = bounds
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        for name, (low, high) in self.bounds.items():
+            config[name] = min(max(config[name], low), high)
+        return config
+
+
+def pbt_mutations(spec: StudySpec) -> dict[str, Any]:
+    """[search.pbt] mutations by TrialConfig field: a choice as a list (Tune shifts to a neighbour
+    or resamples), a range as a Tune domain (scaled by 0.8 or 1.2, or resampled)."""
+    out: dict[str, Any] = {}
+    for name, dist in spec.search.pbt.fields.items():
+        if dist.kind == "choice":
+            out[name] = list(dist.values)
+        else:
+            out[name] = (tune.loguniform if dist.kind == "loguniform" else tune.uniform)(*dist.values)
+    return out
+
+
+def pbt_scheduler(spec: StudySpec):
+    """Population Based Training on `step`: the trainable checkpoints at every multiple of the
+    interval, where PBT clones the top quantile's checkpoints into the bottom quantile's trials
+    (study.train.Trial.load_state_dict takes a checkpoint whose config differs in mutable fields)."""
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    p = spec.search.pbt
+    bounds = {name: dist.values for name, dist in p.fields.items() if dist.kind != "choice"}
+    return PopulationBasedTraining(
+        time_attr="step",
+        perturbation_interval=p.interval,
+        hyperparam_mutations=pbt_mutations(spec),
+        quantile_fraction=p.quantile,
+        resample_probability=p.resample_probability,
+        custom_explore_fn=ClipMutations(bounds),
+        synch=p.synch,
     )
 
 

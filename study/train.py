@@ -6,6 +6,7 @@ from `gumbel-study train`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from study.config import TrialConfig
+from study.config import PBT_MUTABLE, TrialConfig
 from study.evaluation import Evaluation
 from study.population import Population
 from study.provenance import append_session
@@ -107,10 +108,27 @@ class Trial:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["config"] != self.config.to_dict():
-            changed = sorted(k for k, v in self.config.to_dict().items() if state["config"].get(k) != v)
-            raise ValueError(f"checkpoint was written for a different config (differs in {', '.join(changed)})")
-        self.population.load_state_dict(state["population"])
+        """Continue from a checkpoint of this config, or of one that differs from it in PBT's
+        mutable fields only (config.PBT_MUTABLE: tau0, anneal_rate, lr_g, lr_d): a trial that
+        exploits another's checkpoint. Its learning rates are its own, and its temperature
+        continues from its own tau0 at the checkpoint's step (a new tau anchor); a changed rate
+        alone continues from the checkpoint's temperature. Any other difference is a ValueError
+        naming the first differing field."""
+        ours, theirs = self.config.to_dict(), state["config"]
+        changed = [k for k, v in ours.items() if theirs.get(k) != v]
+        fixed = [k for k in changed if k not in PBT_MUTABLE.values()]
+        if fixed:
+            raise ValueError(f"checkpoint was written for a different config: {fixed[0]}={theirs.get(fixed[0])!r}, "
+                             f"this trial has {fixed[0]}={ours[fixed[0]]!r} (differs in {', '.join(sorted(fixed))}; "
+                             f"only {', '.join(PBT_MUTABLE.values())} may differ)")
+        population = self.population
+        population.load_state_dict(state["population"])
+        if "tau0" in changed:
+            population.set_tau_anchor(population.step, self.config.tau0)
+        elif "anneal_rate" in changed:  # the checkpoint's temperature, annealed at the new rate from here
+            anchor_step, anchor_tau = state["population"].get("tau_anchor", (0, theirs["tau0"]))
+            before = dataclasses.replace(self.config, **{k: theirs[k] for k in changed}).schedule_for(tau0=anchor_tau)
+            population.set_tau_anchor(population.step, before(population.step - anchor_step))
         self.last_eval = int(state["last_eval"])
         self.diverged = state.get("diverged") or None
         self.time_s = float(state.get("time_s", 0.0))
@@ -127,10 +145,12 @@ def save_state(trial: Trial, directory: str | Path) -> Path:
     return path
 
 
-def load_state(trial: Trial, directory: str | Path) -> None:
+def load_state(trial: Trial, directory: str | Path) -> dict[str, Any]:
+    """Restore `trial` from DIRECTORY/state.pt; return the config the checkpoint was written for."""
     # weights_only: a checkpoint is data; never unpickle arbitrary objects from disk.
     state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
     trial.load_state_dict(state)
+    return state["config"]
 
 
 def _finite_mean(values: Tensor) -> float:

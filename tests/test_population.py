@@ -171,8 +171,8 @@ def test_checkpoint_refuses_other_config(tmp_path):
     trial = Trial(cfg, 1)
     trial.run(lambda *a: None)
     save_state(trial, tmp_path / "c")
-    other = Trial(dataclasses.replace(cfg, lr_g=0.5), 1)
-    with pytest.raises(ValueError, match="lr_g"):
+    other = Trial(dataclasses.replace(cfg, lr_g=0.5, g_steps=cfg.g_steps + 1), 1)  # lr_g may differ (PBT), g_steps not
+    with pytest.raises(ValueError, match="g_steps"):
         load_state(other, tmp_path / "c")
 
 
