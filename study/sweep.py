@@ -439,7 +439,11 @@ def _tuner(spec: StudySpec, storage: str) -> Tuner:
         tune_config=TuneConfig(
             metric=spec.tune.metric,
             mode=spec.tune.mode,
-            reuse_actors=True,
+            # Not under PBT: Ray's function trainable writes its trial directory to the driver's
+            # staging copy when an actor starts it, and to a working copy when a reused actor takes
+            # an exploit (reset_config); both reach storage, and the stale copy of the record may
+            # land last. A fresh actor per exploit keeps one copy.
+            reuse_actors=spec.search.pbt is None,
             max_concurrent_trials=spec.tune.max_concurrent or None,
             search_alg=search_algorithm(spec),
             scheduler=scheduler(spec),
