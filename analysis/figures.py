@@ -698,7 +698,10 @@ def schedule_figure(curves: pd.DataFrame, measured: pd.DataFrame | None = None, 
 
 # -------------------------------------------------------------------- g. which estimator wins where
 
-_WIN_TITLES = {"mse": "per estimate: MSE", "mse_cost": "at equal cost: bias² + var × cost"}
+_WIN_TITLES = {
+    "mse": "per estimate: MSE", "mse_cost": "at equal cost: bias² + var × cost",
+    "rel_mse": "per estimate: MSE / ‖exact‖²", "rel_mse_cost": "at equal cost: (bias² + var × cost) / ‖exact‖²",
+}
 
 
 def _ink(colour) -> str:
@@ -745,9 +748,11 @@ def _winner_facets(data: pd.DataFrame, stats: Sequence[str], ax: Axes | None) ->
     return (ks[:1], stats[:1]) if ax is not None else (ks, stats)
 
 
-def winners_figure(table: pd.DataFrame, *, stats: Sequence[str] = ("mse", "mse_cost"), title: str | None = None, ax: Axes | None = None) -> Figure:
+def winners_figure(table: pd.DataFrame, *, stats: Sequence[str] = ("rel_mse", "rel_mse_cost", "mse", "mse_cost"), title: str | None = None, ax: Axes | None = None) -> Figure:
     """g. Which estimator wins where: per temperature (rows) x target (columns), the estimator with
     the least median MSE, per estimate (left) and at equal cost (right); one row of panels per K.
+    The statistics drawn are those of `stats` the table has (relative to the exact gradient's
+    squared norm when the winners table ranked by them).
 
     Input: a `summarize.winners_table` (stat, categories, target, tau, source, winner, margin).
     Cell colour and marker: the winner's (fixed per estimator, see the module docstring); the

@@ -246,12 +246,28 @@ def _with_list_probs(table: pa.Table) -> pa.Table:
     return table.set_column(index, "fit/probs", table.column(index).cast(PROBS_TYPE))
 
 
+RELATIVE_STATS = ("rel_bias2", "rel_variance")  # bias2 and variance / ||exact gradient||^2, per probe row
+
+
+def _with_relative_errors(rows: pa.Table) -> pa.Table:
+    """rel_bias2 and rel_variance: bias2 and variance divided by the squared norm of the exact
+    gradient at that probe point (= rel_rmse^2 / mse), so that points with large and small
+    gradients weigh alike when estimators are ranked across trials (null where undefined)."""
+    if not {"rel_rmse", "mse", "bias2", "variance"} <= set(rows.column_names):
+        return rows
+    f64 = lambda name: pc.cast(rows[name], pa.float64())  # noqa: E731
+    scale = pc.divide(pc.multiply(f64("rel_rmse"), f64("rel_rmse")), f64("mse"))
+    scale = pc.if_else(pc.and_(pc.is_finite(scale), pc.greater(f64("mse"), 0.0)), scale, pa.scalar(None, pa.float64()))
+    return rows.append_column("rel_bias2", pc.multiply(f64("bias2"), scale)).append_column("rel_variance", pc.multiply(f64("variance"), scale))
+
+
 def probe_means(rows: pa.Table) -> tuple[pa.Table, int]:
     """Probe rows averaged over steps: one row per seed x estimator x source x tau.
 
     Rows whose bias2, variance or mse is not finite (a diverged seed) are dropped first; the other
     statistics average their finite values. Output: seed, estimator, source, tau, `rows` (probe
-    rows averaged), first_step, last_step, and the mean of each of PROBE_STATS (float64).
+    rows averaged), first_step, last_step, and the mean of each of PROBE_STATS and RELATIVE_STATS
+    (float64).
     Returns (table, dropped rows).
     """
     finite = pc.and_(pc.and_(pc.is_finite(rows["bias2"]), pc.is_finite(rows["variance"])), pc.is_finite(rows["mse"]))
@@ -262,7 +278,8 @@ def probe_means(rows: pa.Table) -> tuple[pa.Table, int]:
             ok = pc.is_finite(column)
             if not pc.all(ok).as_py():  # NaN is no null to Arrow: make it one, so that mean skips it
                 kept = kept.set_column(kept.schema.get_field_index(stat), stat, pc.if_else(ok, column, pa.scalar(None, column.type)))
-    stats = [s for s in PROBE_STATS if s in kept.column_names]
+    kept = _with_relative_errors(kept)
+    stats = [s for s in (*PROBE_STATS, *RELATIVE_STATS) if s in kept.column_names]
     grouped = kept.group_by(_PROBE_KEYS, use_threads=False).aggregate(
         [("step", "count"), ("step", "min"), ("step", "max"), *((s, "mean") for s in stats)]
     )

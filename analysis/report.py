@@ -114,7 +114,8 @@ FIGURES = (
     ReportFigure(
         "winners", "which estimator wins where", lambda c: F.winners_figure(c.tables["winners"]),
         "<b>Which estimator wins where.</b> Each cell is one temperature (row: {win_taus}) and target (column), one row of panels per number of categories K; "
-        "its colour, marker and name are those of the estimator with the least median MSE there (median over the trials' seeds of each seed's mean over its evaluations "
+        "its colour, marker and name are those of the estimator with the least median MSE there, relative to the squared norm of the exact gradient at each probe point "
+        "(so that trials with large and small gradients weigh alike; median over the trials' seeds of each seed's mean over its evaluations "
         "at that temperature). Left: per estimate (MSE = bias² + variance). Right: at equal cost (bias² + variance × cost, cost = f evaluations plus backward passes "
         "per sample), where a cheap noisy estimator can beat an expensive precise one. ×m under the name is the runner-up's median over the winner's: near 1 is a near tie. "
         "The exact-moment estimators (tempered ST, gapped ST, ReinMax, ZGR, REINFORCE) have numbers without Monte Carlo noise, computed by enumerating the K categories; "

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.record import RELATIVE_STATS
 from study.vocab import ESTIMATOR_NAMES, ESTIMATORS_INFO, PROBE_STATS, schedule_tau
 
 __all__ = [
@@ -250,12 +251,16 @@ def probe_means(probes: pd.DataFrame) -> pd.DataFrame:
     other statistics average their finite values.
     """
     stats = [s for s in PROBE_STATS if s in probes]
-    keys = [c for c in probes.columns if c not in stats and c != "step"]
+    keys = [c for c in probes.columns if c not in stats and c != "step" and c not in RELATIVE_STATS]
+    values = probes[stats].apply(pd.to_numeric, errors="coerce").astype(float)
+    values = values.where(np.isfinite(values))
+    if {"rel_rmse", "mse", "bias2", "variance"} <= set(values):  # as analysis.record.probe_means
+        scale = values["rel_rmse"].pow(2) / values["mse"].where(values["mse"] > 0)
+        values = values.assign(rel_bias2=values["bias2"] * scale, rel_variance=values["variance"] * scale)
+        stats = [*stats, *RELATIVE_STATS]
     cols = [*keys, "rows", "first_step", "last_step", *stats]
     if probes.empty:
         return pd.DataFrame(columns=cols)
-    values = probes[stats].apply(pd.to_numeric, errors="coerce").astype(float)
-    values = values.where(np.isfinite(values))
     keep = values[[s for s in ("bias2", "variance", "mse") if s in values]].notna().all(axis=1)
     data = pd.concat([probes.loc[keep, [*keys, "step"]], values[keep]], axis=1)
     grouped = data.groupby(keys, sort=False, dropna=False, observed=True)
@@ -403,15 +408,21 @@ def probe_costs(table: pd.DataFrame) -> np.ndarray:
 
 
 def with_cost(table: pd.DataFrame) -> pd.DataFrame:
-    """`table` (probes or probe_means) plus cost (`probe_costs`) and mse_cost = bias2 + variance x cost.
+    """`table` (probes or probe_means) plus cost (`probe_costs`) and mse_cost = bias2 + variance x cost;
+    with rel_bias2 / rel_variance (probe_means), rel_mse and rel_mse_cost, the same relative to the
+    exact gradient's squared norm at each probe point.
 
     mse_cost is the MSE at equal cost: with a budget of C passes through f per sample, averaging
     C / cost independent estimates gives bias2 + variance x cost / C; mse_cost is that at C = 1
     (the normalisation is common to every estimator, so rankings hold at any budget)."""
     cost = probe_costs(table)
     out = table.assign(cost=cost)
+    number = lambda col: pd.to_numeric(table[col], errors="coerce").astype(float)  # noqa: E731
     if {"bias2", "variance"} <= set(table):
-        out["mse_cost"] = pd.to_numeric(table["bias2"], errors="coerce").astype(float) + pd.to_numeric(table["variance"], errors="coerce").astype(float) * cost
+        out["mse_cost"] = number("bias2") + number("variance") * cost
+    if set(RELATIVE_STATS) <= set(table):  # the same, relative to the exact gradient's squared norm
+        out["rel_mse"] = number("rel_bias2") + number("rel_variance")
+        out["rel_mse_cost"] = number("rel_bias2") + number("rel_variance") * cost
     return out
 
 
@@ -445,13 +456,15 @@ def _rank_cells(medians: pd.DataFrame, cell: list[str], stat: str) -> pd.DataFra
 def winners_table(
     probes: pd.DataFrame,
     *,
-    stats: Sequence[str] = ("mse", "mse_cost"),
+    stats: Sequence[str] | None = None,
     by: Sequence[str] = ("categories", "target"),
     source: str | None = None,
     bins_per_decade: int = 4,
 ) -> pd.DataFrame:
     """Which estimator wins where: per statistic and cell (the `by` columns x tau), the estimator
-    with the least median of that statistic.
+    with the least median of that statistic. By default rel_mse and rel_mse_cost (MSE and MSE at
+    equal cost divided by ||exact gradient||^2 at each probe point, then averaged), else mse and
+    mse_cost: the absolute MSE's median would rank by whichever trials have large gradients.
 
     Input: a `probe_means` (or `probes`) table: estimator, source, tau, bias2, variance, mse and
     the `by` columns (cost and mse_cost are added with `with_cost` when missing). `source`: the
@@ -469,6 +482,8 @@ def winners_table(
     if probes.empty or not {"estimator", "tau"} <= set(probes):
         return pd.DataFrame(columns=head)
     data = probes if "mse_cost" in probes else with_cost(probes)
+    if stats is None:  # relative errors when the table has them: every probe point weighs alike
+        stats = ("rel_mse", "rel_mse_cost") if "rel_mse" in data and data["rel_mse"].notna().any() else ("mse", "mse_cost")
     if source is None:
         source = "ladder" if "source" in data and data["source"].astype(str).eq("ladder").any() else "current"
     data = _winner_cells(data, source, bins_per_decade)

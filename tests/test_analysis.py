@@ -339,6 +339,13 @@ def test_probe_means_equal_the_reduction_of_every_probe_row(tmp_path):
     assert len(ours) == len(theirs) == 4 * 3 * len(ESTIMATORS) * (4 + 2)  # 4 current taus (annealing) + 2 ladder taus
     pd.testing.assert_frame_equal(ours[[*keys, "rows", "first_step", "last_step"]], theirs[[*keys, "rows", "first_step", "last_step"]], check_dtype=False)
     assert np.allclose(ours[list(PROBE_STATS)].to_numpy(float), theirs[list(PROBE_STATS)].to_numpy(float), rtol=1e-6)
+    relative = ["rel_bias2", "rel_variance"]  # per probe point: bias2 and variance / ||exact||^2 = x rel_rmse^2 / mse
+    assert np.allclose(ours[relative].to_numpy(float), theirs[relative].to_numpy(float), rtol=1e-6, equal_nan=True)
+    rows = exp.probes
+    scale = rows["rel_rmse"].astype(float) ** 2 / rows["mse"].astype(float)
+    one = rows.assign(rb=rows["bias2"].astype(float) * scale).groupby(keys, observed=True)["rb"].mean().reset_index()
+    merged = theirs.astype({"tau": float}).merge(one.astype({"trial_id": str, "estimator": str, "source": str, "tau": float}), on=keys)
+    assert np.allclose(merged["rel_bias2"], merged["rb"], rtol=1e-9, equal_nan=True)
     for source in ("ladder", "current"):
         pd.testing.assert_frame_equal(S.tradeoff_table(exp.probe_means, source=source, n_boot=300), S.tradeoff_table(exp.probes, source=source, n_boot=300), rtol=1e-6)
 

@@ -195,3 +195,18 @@ def test_report_summaries_with_every_estimator(tmp_path):
     assert len([ax for ax in fig.axes if ax.images]) == 2
     spec = next(f for f in FIGURES if f.name == "winners")
     assert "equal cost" in spec.caption and "bias2_floor" in spec.caption
+
+
+def test_winners_rank_by_error_relative_to_the_exact_gradient_when_known():
+    """With rel_bias2 / rel_variance (bias2 and variance over ||exact||^2 at each probe point, as
+    probe_means gives them) the winner is the least median relative MSE: here soft has the smaller
+    absolute MSE (its probe points happen to have small gradients) and hard the smaller error for
+    the gradient at hand. Without them, the absolute MSE ranks, as before."""
+    cells = {("zipf", 1.0, "soft"): (0.0, 1e-3), ("zipf", 1.0, "hard"): (0.0, 2e-3)}
+    absolute = _table(_rows(cells))
+    relative = absolute.assign(rel_bias2=0.0, rel_variance=np.where(absolute["estimator"] == "soft", 0.5, 0.1))
+    by_abs = S.winners_table(absolute)
+    by_rel = S.winners_table(relative)
+    assert set(by_abs["stat"]) == {"mse", "mse_cost"} and set(by_abs["winner"]) == {"soft"}
+    assert set(by_rel["stat"]) == {"rel_mse", "rel_mse_cost"} and set(by_rel["winner"]) == {"hard"}
+    assert by_rel.loc[by_rel["stat"] == "rel_mse", "margin"].item() == pytest.approx(5.0)
