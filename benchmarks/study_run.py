@@ -1,7 +1,7 @@
 """Study: wall time of `gumbel-study run` vs a plain Ray Tune baseline, and peak memory.
 
     python benchmarks/study_run.py [--num-cpus 2] [--small] [--pss] [--json PATH]
-    python benchmarks/study_run.py --quick-study [--num-cpus 2] [--json PATH]
+    python benchmarks/study_run.py --quick-study [--num-cpus 2] [--keep DIR] [--json PATH]
 
 Default: a grid of 16 configurations (tau0 in {0.5, 1, 2, 4} x relaxation in {soft, hard} x
 target in {uniform, zipf:s=1.2}), 8 seeds, 500 steps, K = 10, discriminator K -> 64 -> 64 -> 1,
@@ -239,10 +239,13 @@ def run_comparison(*, small: bool, num_cpus: int, pss: bool, python: str, keep: 
     }
 
 
-def run_quick(*, num_cpus: int, pss: bool, python: str, spec: str = "experiments/quick.toml") -> dict:
+def run_quick(*, num_cpus: int, pss: bool, python: str, spec: str = "experiments/quick.toml", keep: Path | None = None) -> dict:
+    """`gumbel-study run SPEC`, timed; its storage in a temporary directory, or `keep` (kept, for
+    `gumbel-study report KEEP/quick`)."""
     with tempfile.TemporaryDirectory(prefix="gumbel-bench-quick-") as tmp:
-        print(f"  gumbel-study run {spec} (minutes) ...", file=sys.stderr, flush=True)
-        quick = timed_run([python, "-m", "study.cli", "run", spec, "--storage", str(Path(tmp) / "runs"), "--num-cpus", str(num_cpus)], log=Path(tmp) / "quick.log", pss=pss)
+        storage = keep if keep is not None else Path(tmp) / "runs"
+        print(f"  gumbel-study run {spec} --storage {storage} (minutes) ...", file=sys.stderr, flush=True)
+        quick = timed_run([python, "-m", "study.cli", "run", spec, "--storage", str(storage), "--num-cpus", str(num_cpus)], log=Path(tmp) / "quick.log", pss=pss)
     gb = quick["memory"]["peak_rss_gb"] if quick["rc"] == 0 else float("nan")
     return {
         "benchmark": "quick_study",
@@ -283,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
     args = p.parse_args(argv)
     if args.quick_study:
-        result = run_quick(num_cpus=args.num_cpus, pss=args.pss, python=sys.executable)
+        result = run_quick(num_cpus=args.num_cpus, pss=args.pss, python=sys.executable, keep=Path(args.keep) if args.keep else None)
     else:
         result = run_comparison(small=args.small, num_cpus=args.num_cpus, pss=args.pss, python=sys.executable, keep=Path(args.keep) if args.keep else None)
     result["machine"] = machine_info()
