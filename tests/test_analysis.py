@@ -97,7 +97,7 @@ def test_smoke_summaries(smoke):
     assert {"tau", "bias2", "bias2_lo", "bias2_hi", "variance", "variance_lo", "variance_hi", "mse", "bias2_floor", "pareto", "n_probes", "cost", "mse_cost"} <= set(trade)
     assert np.allclose(trade["mse_cost"], trade["bias2"] + trade["variance"] * trade["cost"])  # one cost per estimator here
     win = t["winners"]  # one ladder tau, one target, K = 5: one cell per statistic
-    assert list(win["stat"]) == ["mse", "mse_cost"] and set(win["winner"]) <= set(ESTIMATORS) and (win["source"] == "ladder").all()
+    assert list(win["stat"]) == ["rel_mse", "rel_mse_cost"] and set(win["winner"]) <= set(ESTIMATORS) and (win["source"] == "ladder").all()
     assert ((trade["bias2_lo"] <= trade["bias2"]) & (trade["bias2"] <= trade["bias2_hi"])).all() and trade["pareto"].any()
     assert (trade["n_probes"] == 32).all() and (trade["n_seeds"] == 8).all()
     final = t["final_fit"]

@@ -48,5 +48,5 @@ def test_train_writes_the_trial_record_and_summary(tmp_path):
 def test_check_prints_the_expanded_grid():
     proc = _run("check", str(ROOT / "experiments" / "quick.toml"), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-    assert "trials:        32" in proc.stdout and "seeds/trial:   8" in proc.stdout
-    assert "replica-steps: 768,000" in proc.stdout and proc.stdout.strip().endswith("valid")
+    assert "trials:        88" in proc.stdout and "seeds/trial:   8" in proc.stdout
+    assert "replica-steps: 1,408,000" in proc.stdout and proc.stdout.strip().endswith("valid")
