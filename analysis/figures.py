@@ -208,6 +208,27 @@ def _sorted_facets(data: pd.DataFrame, row: str, col: str) -> tuple[list, list]:
     return rows, cols
 
 
+MAX_FACET_COLUMNS = 4  # beyond this many facet columns (11 relaxations x 2 targets), facets wrap
+
+
+def _facet_layout(rows: list, cols: list) -> tuple[list[tuple], int, int]:
+    """The (row value, col value) facets in reading order, and the grid (nrows, ncols) they go in:
+    rows x cols as they are when there are at most MAX_FACET_COLUMNS columns, else wrapped
+    row-major into MAX_FACET_COLUMNS columns (titles then name both values)."""
+    facets = [(rv, cv) for rv in rows for cv in cols]
+    if len(cols) <= MAX_FACET_COLUMNS:
+        return facets, len(rows), len(cols)
+    return facets, math.ceil(len(facets) / MAX_FACET_COLUMNS), MAX_FACET_COLUMNS
+
+
+def _facet_axes(fig: Figure, nrows: int, ncols: int, used: int, **kwargs) -> list[Axes]:
+    """nrows x ncols subplots in reading order, the unused trailing ones removed."""
+    axes = list(np.atleast_2d(fig.subplots(nrows, ncols, squeeze=False, **kwargs)).ravel())
+    for extra in axes[used:]:
+        extra.remove()
+    return axes[:used]
+
+
 # -------------------------------------------------------------------- a. headline tradeoff
 
 
@@ -450,21 +471,23 @@ def final_fit_heatmaps(
     cells = len(xs) * len(ys) * len(rows) * len(cols)  # annotations cost ~2 ms each to draw, per format
     show_ci = len(xs) * len(ys) <= 30 and cells <= 240 and {f"{metric}_lo", f"{metric}_hi"} <= set(data)
     annotate = cells <= 800
-    w = max(2.6, 0.95 * len(xs) + 1.3) * len(cols) + 1.2
-    h = max(2.4, (0.8 if show_ci else 0.5) * len(ys) + 1.4) * len(rows) + 0.9
+    facets, nrows, ncols = _facet_layout(rows, cols)
+    wrapped = ncols != len(cols)
+    w = max(2.6, 0.95 * len(xs) + 1.3) * ncols + 1.2
+    h = max(2.4, (0.8 if show_ci else 0.5) * len(ys) + 1.4) * nrows + 0.9
     with _style():
-        fig = ax.figure if ax is not None else Figure(figsize=(min(w, 18), min(h, 22)), layout="constrained")
-        axes = np.array([[ax]]) if ax is not None else np.atleast_2d(fig.subplots(len(rows), len(cols), squeeze=False, sharex=True, sharey=True))
-        for i, rv in enumerate(rows):
-            for j, cv in enumerate(cols):
-                part = data if rv is None else data[(data[row] == rv) & (data[col] == cv)]
-                _heatmap_panel(axes[i, j], part, metric, x, y, xs, ys, limits, show_ci, annotate)
-                axes[i, j].set_title(" · ".join(s for s in (str(rv) if len(rows) > 1 else "", "" if cv is None else str(cv)) if s))
-                axes[i, j].set_xlabel(AXIS_LABELS.get(x, x) if i == len(rows) - 1 else "")
-                axes[i, j].set_ylabel(AXIS_LABELS.get(y, y) if j == 0 else "")
-        if len(rows) > 1:
+        fig = ax.figure if ax is not None else Figure(figsize=(min(w, 18), min(h, 26)), layout="constrained")
+        axes = [ax] if ax is not None else _facet_axes(fig, nrows, ncols, len(facets), sharex=True, sharey=True)
+        for k, (rv, cv) in enumerate(facets):
+            part = data if rv is None else data[(data[row] == rv) & (data[col] == cv)]
+            _heatmap_panel(axes[k], part, metric, x, y, xs, ys, limits, show_ci, annotate)
+            axes[k].set_title(" · ".join(s for s in (str(rv) if len(rows) > 1 else "", "" if cv is None else str(cv)) if s), fontsize=10)
+            axes[k].set_xlabel(AXIS_LABELS.get(x, x) if k + ncols >= len(facets) else "")
+            axes[k].xaxis.set_tick_params(labelbottom=k + ncols >= len(facets))  # above a removed slot too
+            axes[k].set_ylabel(AXIS_LABELS.get(y, y) if k % ncols == 0 else "")
+        if len(rows) > 1 and not wrapped:
             for i, rv in enumerate(rows):
-                axes[i, -1].annotate(f"target {rv}", xy=(1.04, 0.5), xycoords="axes fraction", rotation=-90, va="center", ha="left", fontsize=9, color="0.3")
+                axes[i * ncols + ncols - 1].annotate(f"target {rv}", xy=(1.04, 0.5), xycoords="axes fraction", rotation=-90, va="center", ha="left", fontsize=9, color="0.3")
         bar = fig.colorbar(mpl.cm.ScalarMappable(norm=Normalize(*limits), cmap=_SEQ), ax=axes, shrink=0.85, pad=0.03 if len(rows) > 1 else 0.02)
         bar.set_label(f"final {name} (lower is better)")
         if ax is None:
@@ -528,20 +551,21 @@ def learning_curves_figure(
     hues, styles_v = sorted(data[hue].dropna().unique().tolist()), sorted(data[style].dropna().unique().tolist())
     colours = _ordered_colours(hues)
     dashes = dict(zip(styles_v, ["-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3))] * 4))
+    facets, nrows, ncols = _facet_layout(rows, cols)
     with _style():
-        fig = ax.figure if ax is not None else Figure(figsize=(min(4.6 * len(cols) + 2.6, 20), min(3.4 * len(rows) + 1.0, 24)), layout="constrained")
-        axes = np.array([[ax]]) if ax is not None else np.atleast_2d(fig.subplots(len(rows), len(cols), squeeze=False, sharex=True, sharey="row"))
-        for i, rv in enumerate(rows):
-            for j, cv in enumerate(cols):
-                part = data if rv is None else data[(data[row] == rv) & (data[col] == cv)]
-                _curves_panel(axes[i, j], part, metric, hue, style, colours, dashes, _top(data if rv is None else data[data[row] == rv], [metric, f"{metric}_hi"]))
-                axes[i, j].set_title(" · ".join(s for s in ((f"target {rv}" if len(rows) > 1 else ""), "" if cv is None else str(cv)) if s))
-                axes[i, j].set_xlabel(STEP_LABEL if i == len(rows) - 1 else "")
-                axes[i, j].set_ylabel(f"{short} (linear scale)" if j == 0 else "")
+        fig = ax.figure if ax is not None else Figure(figsize=(min(4.6 * ncols + 2.6, 20), min(3.4 * nrows + 1.0, 26)), layout="constrained")
+        axes = [ax] if ax is not None else _facet_axes(fig, nrows, ncols, len(facets), sharex=True, sharey=ncols == len(cols) and "row")
+        for k, (rv, cv) in enumerate(facets):
+            part = data if rv is None else data[(data[row] == rv) & (data[col] == cv)]
+            _curves_panel(axes[k], part, metric, hue, style, colours, dashes, _top(data if rv is None else data[data[row] == rv], [metric, f"{metric}_hi"]))
+            axes[k].set_title(" · ".join(s for s in ((f"target {rv}" if len(rows) > 1 else ""), "" if cv is None else str(cv)) if s), fontsize=10)
+            axes[k].set_xlabel(STEP_LABEL if k + ncols >= len(facets) else "")
+            axes[k].xaxis.set_tick_params(labelbottom=k + ncols >= len(facets))  # above a removed slot too
+            axes[k].set_ylabel(f"{short} (linear scale)" if k % ncols == 0 else "")
         handles = [Line2D([], [], color=colours[h], lw=2.5, label=f"{SHORT.get(hue, hue)} = {_fmt(h)}") for h in hues]
         if len(styles_v) > 1:
             handles += [Line2D([], [], color="0.3", ls=dashes[s], lw=2, label=f"{SHORT.get(style, style)} = {_fmt(s)}") for s in styles_v]
-        _legend(fig, axes[0, 0], ax is None, handles, loc="outside right center", fontsize=9, title=AXIS_LABELS.get(hue, hue) if len(styles_v) <= 1 else None)
+        _legend(fig, axes[0], ax is None, handles, loc="outside right center", fontsize=9, title=AXIS_LABELS.get(hue, hue) if len(styles_v) <= 1 else None)
         if ax is None:
             _suptitle(fig, title)
     return fig

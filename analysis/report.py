@@ -102,7 +102,7 @@ FIGURES = (
         "line style: annealing rate when it varies), mean over seeds with 95% bootstrap bands.{pooled}",
     ),
     ReportFigure(
-        "probability_errors", "learned − true probability per category", lambda c: F.probability_error_figure(c.tables["probability_errors"], panel=c.by, max_panels=12),
+        "probability_errors", "learned − true probability per category", lambda c: F.probability_error_figure(c.tables["probability_errors"], panel=c.by, max_panels=24),
         "<b>The original post's figure.</b> Learned minus true probability of each category over training (mean over seeds, 95% bands), for "
         "{prob_note}. Lines converging on zero mean the generator has learned the target; a category stuck below zero is under-sampled.",
     ),
