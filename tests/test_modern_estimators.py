@@ -215,3 +215,15 @@ def test_every_estimator_declares_its_cost():
     assert costs["unordered_set"] == (4, 0) and ESTIMATORS_INFO["unordered_set"].cost({"k": 7}) == (7, 0)
     assert costs["exact"] == (10, 0)
     assert set(ESTIMATORS) == set(ESTIMATORS_INFO)
+
+
+def test_reinmax_at_temperature_one_is_zgr():
+    """At tau = 1, 2 J((p + D)/2) - J(p)/2 = J(p)/2 + (D - p)(D - p)^T/2 for a one-hot D (diag(D) =
+    D D^T), which is ZGR: the two estimators coincide, estimate by estimate, for any f. Same noise,
+    float64: 1e-12."""
+    theta = torch.stack([case_logits("K5-skewed"), case_logits("K5-skewed") * -0.4])
+    w = rand(5, seed=13)
+    f = lambda y: torch.sin(y @ w) + (y * w).sum(-1) ** 3  # noqa: E731  (neither linear nor quadratic)
+    reinmax = estimate_gradients("reinmax", theta, f, tau=1.0, num_estimates=300, generator=seeded(51))
+    zgr = estimate_gradients("zgr", theta, f, tau=1.0, num_estimates=300, generator=seeded(51))
+    torch.testing.assert_close(reinmax, zgr, rtol=0, atol=1e-12)
