@@ -49,7 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 # Every trial of experiments/tradeoff.toml (1,344 x 32 seeds, 21 evaluations) with training and
-# probes cut, then its report: Tune's costs at scale (benchmarks/scale.py; over an hour on 2 cores,
+# probes cut, then its report: Tune's costs at scale (benchmarks/scale.py; about 30 minutes on 2 cores,
 # run it on a quiet machine). SCALE_ARGS="--trials 336" runs a quarter and extrapolates.
 bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/scale.py $(SCALE_ARGS)
