@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from record_rows import record_rows, trial_dirs
-from spec_text import SPEC_HEAD, assert_refused
+from spec_text import SHORT_ANNEALED, assert_spec_refused
 
 from study.cli import main
 from study.config import TrialConfig, load_spec, parse_overrides
@@ -28,14 +28,7 @@ from study.train import Trial
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.toml"
 
-GOOD = SPEC_HEAD + """schedule = "exponential"
-anneal_rate = 1e-3
-tau_min = 0.1
-steps = 60
-eval_every = 20
-probe_estimates = 20
-eval_samples = 20
-[grid]
+GOOD = SHORT_ANNEALED + """[grid]
 tau0 = [0.5, 2.0]
 [search]
 scheduler = "pbt"
@@ -67,21 +60,11 @@ CASES = [
 ]
 
 
-def _argv(command: str, spec: Path, sets: list[str], tmp_path: Path) -> list[str]:
-    argv = [command, str(spec)] + (["--storage", str(tmp_path / "runs")] if command == "run" else [])
-    for item in sets:
-        argv += ["--set", item]
-    return argv
-
-
 @pytest.mark.parametrize("command", ["check", "run"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_pbt_input_is_refused(tmp_path, capsys, command, case):
     name, text, sets, fragments = case
-    spec = tmp_path / "spec.toml"
-    spec.write_text(text)
-    assert_refused(main(_argv(command, spec, sets, tmp_path)), capsys, fragments)
-    assert not (tmp_path / "runs" / "bad").exists()
+    assert_spec_refused(main, tmp_path, capsys, command, text, sets, fragments)
 
 
 def test_check_prints_the_pbt_settings(tmp_path, capsys):

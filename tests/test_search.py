@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from spec_text import SPEC_HEAD, assert_refused
+from spec_text import SHORT_ANNEALED, assert_spec_refused
 from record_rows import record_rows, trial_dirs
 from result_rows import result_rows
 
@@ -23,14 +23,7 @@ from study.config import load_spec, parse_overrides
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.toml"
 
-GOOD = SPEC_HEAD + """schedule = "exponential"
-anneal_rate = 1e-3
-tau_min = 0.1
-steps = 60
-eval_every = 20
-probe_estimates = 20
-eval_samples = 20
-[search]
+GOOD = SHORT_ANNEALED + """[search]
 algorithm = "optuna"
 num_samples = 4
 seed = 3
@@ -86,21 +79,11 @@ CASES = [
 ]
 
 
-def _argv(command: str, spec: Path, sets: list[str], tmp_path: Path) -> list[str]:
-    argv = [command, str(spec)] + (["--storage", str(tmp_path / "runs")] if command == "run" else [])
-    for item in sets:
-        argv += ["--set", item]
-    return argv
-
-
 @pytest.mark.parametrize("command", ["check", "run"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_search_input_is_refused(tmp_path, capsys, command, case):
     name, text, sets, fragments = case
-    spec = tmp_path / "spec.toml"
-    spec.write_text(text)
-    assert_refused(main(_argv(command, spec, sets, tmp_path)), capsys, fragments)
-    assert not (tmp_path / "runs" / "bad").exists()
+    assert_spec_refused(main, tmp_path, capsys, command, text, sets, fragments)
 
 
 def test_good_spec_is_valid(tmp_path):
