@@ -239,7 +239,7 @@ def estimate_gradients(
     estimator = ESTIMATORS[name]
     kwargs = dict(tau=tau, samples_per_estimate=samples_per_estimate, generator=generator, **options)
     if control is not None:
-        if name not in ("rebar", "relax"):
+        if not isinstance(estimator, Rebar):
             raise ValueError(f"control is for rebar and relax, not {name!r}")
         kwargs["control"] = control
     if noise is not None:
@@ -257,7 +257,7 @@ def estimate_gradients(
 # ---------------------------------------------------------------------- exact moments by enumeration
 
 
-def category_moments(name: str, logits: Tensor, vertex_grads: Tensor, *, tau, samples: int = 1, vertex_values: Tensor | None = None, **options) -> tuple[Tensor, Tensor]:
+def category_moments(name: str, logits: Tensor, vertex_grads: Tensor, *, tau, samples: int = 1, **options) -> tuple[Tensor, Tensor]:
     """Mean [*B, K] and covariance trace [*B] of the `samples`-sample estimate of an estimator whose
     estimate depends only on the sampled category (ESTIMATORS_INFO[name].exact_moments), exactly:
     the estimate e_c for every category c (its own sample and surrogate, with f's gradient at the
@@ -276,7 +276,7 @@ def category_moments(name: str, logits: Tensor, vertex_grads: Tensor, *, tau, sa
         lead = theta.unsqueeze(1)  # [K(c), 1, *B, K]
         y = estimator.sample(lead, draw, tau)  # [K(c), 1, *B, K]
         grad = vertex_grads.unsqueeze(1).expand(y.shape)  # f's gradient at e_c, [K(c), 1, *B, K]
-        values = torch.zeros(y.shape[:-1], dtype=y.dtype, device=y.device) if vertex_values is None else vertex_values
+        values = torch.zeros(y.shape[:-1], dtype=y.dtype, device=y.device)  # unused: these estimators are pathwise
         (per_category,) = torch.autograd.grad(estimator.surrogate(lead, y, values, grad, draw).sum(), theta)  # [K(c), *B, K]
     p = torch.softmax(logits.detach().double(), dim=-1).movedim(-1, 0).unsqueeze(-1)  # [K(c), *B, 1]
     per_category = per_category.double()
